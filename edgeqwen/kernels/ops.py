@@ -1,0 +1,100 @@
+"""Small per-token operations: embedding, RMSNorm, q/k norm + RoPE + cache store, SiLU gate.
+
+All are O(tokens x hidden) and run single-threaded: at decode they are microseconds, far
+below the cost of a parallel launch.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .numeric import to_f32
+
+JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+@njit(**JIT)
+def embed(table, ids, out):
+    # table: (V, H) stored dtype; ids: (T,) int64; out: (T, H) f32
+    for t in range(ids.shape[0]):
+        row = ids[t]
+        for j in range(table.shape[1]):
+            out[t, j] = to_f32(table[row, j])
+
+
+@njit(**JIT)
+def rmsnorm(x, weight, eps, out):
+    # x: (T, H) f32; weight: (H,) stored dtype; out: (T, H) f32 (may alias x)
+    t_len, h = x.shape
+    for t in range(t_len):
+        ss = np.float32(0.0)
+        for j in range(h):
+            ss += x[t, j] * x[t, j]
+        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(h) + np.float32(eps)))
+        for j in range(h):
+            out[t, j] = to_f32(weight[j]) * (x[t, j] * inv)
+
+
+@njit(**JIT)
+def rope_tables(theta, head_dim, n_pos, cos, sin):
+    # cos, sin: (n_pos, head_dim // 2) f32, computed in float32 like the reference
+    half = head_dim // 2
+    for i in range(half):
+        inv_freq = np.float32(1.0 / (theta ** (np.float32(2 * i) / np.float32(head_dim))))
+        for p in range(n_pos):
+            angle = np.float32(p) * inv_freq
+            cos[p, i] = np.float32(math.cos(angle))
+            sin[p, i] = np.float32(math.sin(angle))
+
+
+@njit(**JIT)
+def _norm_rope_head(v, weight, eps, cos_p, sin_p):
+    # v: (head_dim,) f32, in place: per-head RMSNorm, then split-half (NeoX) rotation
+    hd = v.shape[0]
+    half = hd // 2
+    ss = np.float32(0.0)
+    for j in range(hd):
+        ss += v[j] * v[j]
+    inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(hd) + np.float32(eps)))
+    for j in range(hd):
+        v[j] = to_f32(weight[j]) * (v[j] * inv)
+    for i in range(half):
+        a = v[i]
+        b = v[i + half]
+        v[i] = a * cos_p[i] - b * sin_p[i]
+        v[i + half] = b * cos_p[i] + a * sin_p[i]
+
+
+@njit(**JIT)
+def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache):
+    # q: (T, n_heads, hd) f32, normed and rotated in place
+    # k, v: (T, n_kv, hd) f32; k normed and rotated in place, then both stored
+    # k_cache, v_cache: (n_kv, ctx, hd) f32, this layer's slice; positions start..start+T-1
+    t_len = q.shape[0]
+    for t in range(t_len):
+        p = start + t
+        for h in range(q.shape[1]):
+            _norm_rope_head(q[t, h], q_norm, eps, cos[p], sin[p])
+        for h in range(k.shape[1]):
+            _norm_rope_head(k[t, h], k_norm, eps, cos[p], sin[p])
+            for j in range(k.shape[2]):
+                k_cache[h, p, j] = k[t, h, j]
+                v_cache[h, p, j] = v[t, h, j]
+
+
+@njit(**JIT)
+def silu_mul(gate, up, out):
+    # gate, up, out: (T, I) f32; out = silu(gate) * up
+    for t in range(gate.shape[0]):
+        for j in range(gate.shape[1]):
+            g = gate[t, j]
+            out[t, j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
+
+
+@njit(**JIT)
+def add_inplace(x, y):
+    # x += y; x, y: (T, H) f32
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            x[t, j] += y[t, j]

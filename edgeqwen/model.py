@@ -1,0 +1,181 @@
+"""The Qwen3 decoder: forward(ids, cache) -> logits. No I/O, no sampling, no printing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import EdgeQwenError
+from .kernels import attention as attn_k
+from .kernels import ops
+from .kvcache import KVCache
+
+PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
+
+
+@dataclass
+class Layer:
+    """One decoder layer's weights under their Hugging Face names."""
+
+    input_layernorm: np.ndarray  # (H,)
+    q_proj: object  # (n_heads * hd, H)
+    k_proj: object  # (n_kv * hd, H)
+    v_proj: object  # (n_kv * hd, H)
+    o_proj: object  # (H, n_heads * hd)
+    q_norm: np.ndarray  # (hd,)
+    k_norm: np.ndarray  # (hd,)
+    post_attention_layernorm: np.ndarray  # (H,)
+    gate_proj: object  # (I, H)
+    up_proj: object  # (I, H)
+    down_proj: object  # (H, I)
+    q_bias: np.ndarray | None = None  # (n_heads * hd,) f32
+    k_bias: np.ndarray | None = None  # (n_kv * hd,) f32
+    v_bias: np.ndarray | None = None  # (n_kv * hd,) f32
+
+
+class Workspace:
+    """Every activation buffer for a pass of T tokens, allocated once and reused."""
+
+    def __init__(self, cfg: ModelConfig, t: int, n_logits: int):
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.x = np.empty((t, h), np.float32)  # residual stream
+        self.h = np.empty((t, h), np.float32)  # normed input of a block
+        self.q = np.empty((t, cfg.num_attention_heads, cfg.head_dim), np.float32)
+        self.k = np.empty((t, cfg.num_key_value_heads, cfg.head_dim), np.float32)
+        self.v = np.empty((t, cfg.num_key_value_heads, cfg.head_dim), np.float32)
+        self.attn = np.empty((t, cfg.num_attention_heads, cfg.head_dim), np.float32)
+        self.o = np.empty((t, h), np.float32)  # o_proj and down_proj outputs
+        self.gate = np.empty((t, i), np.float32)
+        self.up = np.empty((t, i), np.float32)
+        self.scores = np.empty((t * cfg.num_key_value_heads, cfg.kv_mul, attn_k.BLOCK + 2), np.float32)
+        self.logits = np.empty((n_logits, cfg.vocab_size), np.float32)
+
+
+class Qwen3Model:
+    """A loaded Qwen3 decoder. ``forward`` advances a KVCache; ``logits`` is the one-shot helper."""
+
+    def __init__(self, config: ModelConfig, embed_tokens, layers: list[Layer], norm: np.ndarray, lm_head,
+                 tokenizer=None, path: str = "", format_name: str = ""):
+        self.config = config
+        self.embed_tokens = embed_tokens  # (V, H)
+        self.layers = layers
+        self.norm = norm  # (H,)
+        self.lm_head = lm_head  # (V, H); the embedding itself when tied
+        self.tokenizer = tokenizer
+        self.path = path
+        self.format_name = format_name
+        self._cos = np.empty((0, config.head_dim // 2), np.float32)
+        self._sin = np.empty((0, config.head_dim // 2), np.float32)
+        self._workspaces: dict[tuple[int, int], Workspace] = {}
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights read for one decoded token (embedding row excluded)."""
+        total = self.lm_head.nbytes
+        for layer in self.layers:
+            total += sum(w.nbytes for w in (layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj,
+                                            layer.gate_proj, layer.up_proj, layer.down_proj))
+            total += 2 * layer.input_layernorm.nbytes + 2 * layer.q_norm.nbytes
+        return total + self.norm.nbytes
+
+    def new_cache(self, ctx: int | None = None) -> KVCache:
+        """A KV cache of ``ctx`` positions (default: the smaller of the model's maximum and 4096)."""
+        ctx = ctx or min(self.config.max_position_embeddings, 4096)
+        return KVCache(self.config, ctx)
+
+    def _rope(self, n_pos: int):
+        if self._cos.shape[0] < n_pos:
+            n = max(n_pos, 2 * self._cos.shape[0])
+            cos = np.empty((n, self.config.head_dim // 2), np.float32)
+            sin = np.empty_like(cos)
+            ops.rope_tables(self.config.rope_theta, self.config.head_dim, n, cos, sin)
+            self._cos, self._sin = cos, sin
+        return self._cos, self._sin
+
+    def _workspace(self, t: int, n_logits: int) -> Workspace:
+        key = (t, n_logits)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) > 4:
+                self._workspaces.clear()
+            ws = self._workspaces[key] = Workspace(self.config, t, n_logits)
+        return ws
+
+    # -- compute ------------------------------------------------------------------------------
+
+    def forward(self, ids, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run ``ids`` after what ``cache`` holds; return logits (T, V) if ``all_logits`` else (1, V).
+
+        The returned array is a reused buffer: copy it to keep it past the next call.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        t_total = ids.shape[0]
+        if t_total == 0:
+            raise EdgeQwenError("forward() needs at least one token")
+        if cache.pos + t_total > cache.ctx:
+            raise EdgeQwenError(
+                f"{cache.pos} cached + {t_total} new tokens exceed the context length {cache.ctx}"
+            )
+        bad = (ids < 0) | (ids >= self.config.vocab_size)
+        if bad.any():
+            raise EdgeQwenError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        self._rope(cache.ctx)
+        if t_total <= PREFILL_CHUNK:
+            return self._forward_chunk(ids, cache, all_logits)
+        out = np.empty((t_total if all_logits else 1, self.config.vocab_size), np.float32)
+        for c0 in range(0, t_total, PREFILL_CHUNK):
+            chunk = ids[c0:c0 + PREFILL_CHUNK]
+            last = c0 + PREFILL_CHUNK >= t_total
+            logits = self._forward_chunk(chunk, cache, all_logits)
+            if all_logits:
+                out[c0:c0 + len(chunk)] = logits
+            elif last:
+                out[0] = logits[0]
+        return out
+
+    def _forward_chunk(self, ids: np.ndarray, cache: KVCache, all_logits: bool) -> np.ndarray:
+        cfg = self.config
+        t = ids.shape[0]
+        start = cache.pos
+        ws = self._workspace(t, t if all_logits else 1)
+        x = ws.x
+        self.embed_tokens.embed(ids, x)
+        q2 = ws.q.reshape(t, -1)
+        k2 = ws.k.reshape(t, -1)
+        v2 = ws.v.reshape(t, -1)
+        attn2 = ws.attn.reshape(t, -1)
+        for li, layer in enumerate(self.layers):
+            ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
+            layer.q_proj.matmul(ws.h, q2)
+            layer.k_proj.matmul(ws.h, k2)
+            layer.v_proj.matmul(ws.h, v2)
+            if layer.q_bias is not None:
+                q2 += layer.q_bias
+                k2 += layer.k_bias
+                v2 += layer.v_bias
+            ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
+                                   self._cos, self._sin, start, cache.k[li], cache.v[li])
+            attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
+            layer.o_proj.matmul(attn2, ws.o)
+            ops.add_inplace(x, ws.o)
+            ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
+            layer.gate_proj.matmul(ws.h, ws.gate)
+            layer.up_proj.matmul(ws.h, ws.up)
+            ops.silu_mul(ws.gate, ws.up, ws.gate)
+            layer.down_proj.matmul(ws.gate, ws.o)
+            ops.add_inplace(x, ws.o)
+        cache.pos += t
+        cache.tokens.extend(int(i) for i in ids)
+        n = ws.logits.shape[0]
+        ops.rmsnorm(x[t - n:], self.norm, cfg.rms_norm_eps, ws.h[:n])
+        self.lm_head.matmul(ws.h[:n], ws.logits)
+        return ws.logits
+
+    def logits(self, token_ids) -> np.ndarray:
+        """Logits (T, V) float32 for every position of ``token_ids``, from a fresh cache."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        cache = KVCache(self.config, max(1, ids.shape[0]))
+        return self.forward(ids, cache, all_logits=True).copy()

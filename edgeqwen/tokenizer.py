@@ -1,0 +1,105 @@
+"""The tokenizer: a thin wrapper over `tokenizers`, plus a UTF-8-safe streaming detokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import EdgeQwenError
+
+
+class Tokenizer:
+    """Encode/decode text; knows the special ids and the chat template of its model."""
+
+    def __init__(self, backend, chat_template: str | None = None, eos_ids=(), bos_token: str | None = None,
+                 eos_token: str | None = None):
+        self.backend = backend  # tokenizers.Tokenizer
+        self.chat_template = chat_template
+        self.eos_ids = list(eos_ids)
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, config=None) -> "Tokenizer":
+        """tokenizer.json (+ tokenizer_config.json / chat_template.jinja) of a model directory."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.exists():
+            raise EdgeQwenError(f"{directory}: no tokenizer.json")
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad files
+            raise EdgeQwenError(f"{path}: cannot read tokenizer ({str(e).splitlines()[0]})") from None
+        tc = {}
+        tc_path = directory / "tokenizer_config.json"
+        if tc_path.exists():
+            try:
+                tc = json.loads(tc_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise EdgeQwenError(f"{tc_path}: not valid JSON ({e})") from None
+        template = tc.get("chat_template")
+        jinja = directory / "chat_template.jinja"
+        if jinja.exists():
+            template = jinja.read_text(encoding="utf-8")
+        eos_ids = list(config.eos_ids()) if config is not None else []
+        eos_token = _token_text(tc.get("eos_token"))
+        if eos_token is not None:
+            eid = backend.token_to_id(eos_token)
+            if eid is not None and eid not in eos_ids:
+                eos_ids.append(eid)
+        return cls(backend, template, eos_ids, _token_text(tc.get("bos_token")), eos_token)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special-token strings in it become their ids."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def detokenizer(self, skip_special_tokens: bool = False) -> "StreamDetokenizer":
+        return StreamDetokenizer(self, skip_special_tokens)
+
+
+def _token_text(tok):
+    if isinstance(tok, dict):
+        return tok.get("content")
+    return tok
+
+
+class StreamDetokenizer:
+    """Turns a stream of ids into text pieces, never emitting half of a UTF-8 character.
+
+    It decodes a short window of recent tokens and emits only the text beyond what was already
+    shown; while the window ends in an incomplete byte sequence (U+FFFD), it waits for more.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # tokens already emitted
+
+    def add(self, token: int) -> str:
+        """Feed one id; return the newly completed text (possibly empty)."""
+        self.ids.append(int(token))
+        decode = self.tokenizer.decode
+        shown = decode(self.ids[self.prefix:self.read], self.skip)
+        full = decode(self.ids[self.prefix:], self.skip)
+        if len(full) > len(shown) and not full.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return full[len(shown):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end of the stream (an incomplete character is shown as U+FFFD)."""
+        decode = self.tokenizer.decode
+        shown = decode(self.ids[self.prefix:self.read], self.skip)
+        full = decode(self.ids[self.prefix:], self.skip)
+        self.prefix = self.read = len(self.ids)
+        return full[len(shown):]
