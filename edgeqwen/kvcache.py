@@ -47,9 +47,10 @@ class KVCache:
                 f"a KV cache of {ctx} positions needs {need / 2**30:.2f} GiB but only "
                 f"{avail / 2**30:.2f} GiB is available; use a smaller context"
             )
-        shape = (config.num_hidden_layers, config.num_key_value_heads, ctx, config.head_dim)
-        self.k = np.zeros(shape, np.float32)  # (layers, kv_heads, ctx, head_dim)
-        self.v = np.zeros(shape, np.float32)  # (layers, kv_heads, ctx, head_dim)
+        # position-major, so the first tokens of a long context touch few pages
+        shape = (config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
+        self.k = np.zeros(shape, np.float32)  # (layers, ctx, kv_heads, head_dim)
+        self.v = np.zeros(shape, np.float32)  # (layers, ctx, kv_heads, head_dim)
         self.ctx = ctx
         self.pos = 0
         self.tokens: list[int] = []  # the ids whose keys and values are cached, in order

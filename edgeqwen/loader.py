@@ -51,8 +51,11 @@ def build_model(cfg: ModelConfig, store, tokenizer=None, path: str = "") -> Qwen
         lm_head = load_dense(store, "lm_head.weight", (cfg.vocab_size, h))
     norm = load_vector(store, "model.norm.weight", h)
     kinds = sorted({embed.kind} | {layers[0].q_proj.kind})
-    return Qwen3Model(cfg, embed, layers, norm, lm_head, tokenizer=tokenizer, path=path,
-                      format_name="/".join(kinds))
+    model = Qwen3Model(cfg, embed, layers, norm, lm_head, tokenizer=tokenizer, path=path,
+                       format_name="/".join(kinds))
+    model.tensor_count = len(store.names())
+    model.file_bytes = store.total_bytes()
+    return model
 
 
 def load(path: str | Path, tokenizer: bool = True) -> Qwen3Model:

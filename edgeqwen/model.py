@@ -69,6 +69,8 @@ class Qwen3Model:
         self._cos = np.empty((0, config.head_dim // 2), np.float32)
         self._sin = np.empty((0, config.head_dim // 2), np.float32)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
+        self.tensor_count = 0  # set by the loader
+        self.file_bytes = 0  # bytes of all stored tensors, set by the loader
 
     # -- bookkeeping --------------------------------------------------------------------------
 

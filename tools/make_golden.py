@@ -92,10 +92,59 @@ def reference_outputs(directory, vocab, seed):
     return out, min(margins)
 
 
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "edgeqwen" / "data" / "qwen3-tokenizer"
+TEXTS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "你好，世界！今天天气很好，我们去公园散步吧。",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+    "Emoji: 🤖🚀👩‍👩‍👧‍👦 🇯🇵 and café naïve résumé",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>",
+    "   leading spaces, tabs\tand\r\nnewlines\n\n\n",
+    "Mixed: Здравствуй мир, مرحبا بالعالم, नमस्ते दुनिया, 1234567890",
+]
+
+SAMPLING = [  # (temperature, top_k, top_p, min_p)
+    (1.0, 0, 1.0, 0.0), (0.7, 20, 1.0, 0.0), (0.6, 20, 0.95, 0.0), (1.0, 0, 0.8, 0.0),
+    (1.3, 0, 1.0, 0.1), (0.7, 50, 0.8, 0.05), (1.0, 1, 1.0, 0.0), (0.5, 0, 0.3, 0.0),
+]
+
+
+def tokenizer_golden():
+    """transformers' token ids for TEXTS with the real Qwen3 tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    return [{"text": t, "ids": tok.encode(t, add_special_tokens=False)} for t in TEXTS]
+
+
+def sampling_golden():
+    """Probabilities after transformers' temperature / top-k / top-p / min-p logits processors."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((len(SAMPLING), 1000)) * 3).astype(np.float32)
+    probs = []
+    for row, (temp, k, p, mp) in zip(logits, SAMPLING):
+        procs = LogitsProcessorList([TemperatureLogitsWarper(temp)])
+        if k:
+            procs.append(TopKLogitsWarper(k))
+        if p < 1.0:
+            procs.append(TopPLogitsWarper(p))
+        if mp > 0:
+            procs.append(MinPLogitsWarper(mp))
+        scores = procs(None, torch.tensor(row[None], dtype=torch.float64))
+        probs.append(torch.softmax(scores, -1)[0].numpy())
+    return {"logits": logits, "params": np.array(SAMPLING, np.float64), "probs": np.array(probs)}
+
+
 def main():
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
+    (OUT / "tokenizer.json").write_text(json.dumps(tokenizer_golden(), ensure_ascii=False, indent=1) + "\n")
+    np.savez_compressed(OUT / "sampling.npz", **sampling_golden())
     summary = {}
     for i, (name, (overrides, dtype, extra)) in enumerate(MODELS.items()):
         seed = 1000 + i

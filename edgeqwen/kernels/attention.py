@@ -18,11 +18,11 @@ NEG_BIG = np.float32(-1e30)  # not -inf: fastmath lets LLVM assume no infinities
 
 @njit(parallel=True, **JIT)
 def attention(q, k_cache, v_cache, start, scores, out):
-    # q: (T, n_heads, hd) f32; k_cache, v_cache: (n_kv, ctx, hd) f32
+    # q: (T, n_heads, hd) f32; k_cache, v_cache: (ctx, n_kv, hd) f32
     # scores: (T * n_kv, kv_mul, BLOCK + 2) f32 scratch (block scores, running max, running sum)
     # out: (T, n_heads, hd) f32
     t_len, n_heads, hd = q.shape
-    n_kv = k_cache.shape[0]
+    n_kv = k_cache.shape[1]
     kv_mul = n_heads // n_kv
     scale = np.float32(1.0 / math.sqrt(hd))
     for task in prange(t_len * n_kv):
@@ -42,7 +42,7 @@ def attention(q, k_cache, v_cache, start, scores, out):
                 qh = q[t, g * kv_mul + h]
                 bmax = NEG_BIG
                 for p in range(b0, b1):
-                    kp = k_cache[g, p]
+                    kp = k_cache[p, g]
                     acc = np.float32(0.0)
                     for j in range(hd):
                         acc += qh[j] * kp[j]
@@ -63,7 +63,7 @@ def attention(q, k_cache, v_cache, start, scores, out):
                     oh[j] *= corr
                 for p in range(b0, b1):
                     e = s[h, p - b0]
-                    vp = v_cache[g, p]
+                    vp = v_cache[p, g]
                     for j in range(hd):
                         oh[j] += e * vp[j]
         for h in range(kv_mul):

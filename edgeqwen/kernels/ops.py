@@ -70,7 +70,7 @@ def _norm_rope_head(v, weight, eps, cos_p, sin_p):
 def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache):
     # q: (T, n_heads, hd) f32, normed and rotated in place
     # k, v: (T, n_kv, hd) f32; k normed and rotated in place, then both stored
-    # k_cache, v_cache: (n_kv, ctx, hd) f32, this layer's slice; positions start..start+T-1
+    # k_cache, v_cache: (ctx, n_kv, hd) f32, this layer's slice; positions start..start+T-1
     t_len = q.shape[0]
     for t in range(t_len):
         p = start + t
@@ -79,8 +79,8 @@ def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v
         for h in range(k.shape[1]):
             _norm_rope_head(k[t, h], k_norm, eps, cos[p], sin[p])
             for j in range(k.shape[2]):
-                k_cache[h, p, j] = k[t, h, j]
-                v_cache[h, p, j] = v[t, h, j]
+                k_cache[p, h, j] = k[t, h, j]
+                v_cache[p, h, j] = v[t, h, j]
 
 
 @njit(**JIT)

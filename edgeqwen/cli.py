@@ -1,0 +1,196 @@
+"""The command line. The only module that prints or reads stdin."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import EdgeQwenError
+
+
+def _set_threads(threads: int | None) -> None:
+    import numba
+
+    if threads is None:
+        return
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads < 1 or threads > limit:
+        raise EdgeQwenError(f"--threads must be between 1 and {limit} on this machine, got {threads}")
+    numba.set_num_threads(threads)
+
+
+def _status(msg: str) -> None:
+    click.echo(click.style(msg, dim=True), err=True)
+
+
+def _load(model_path: str, threads: int | None = None):
+    from .loader import load
+
+    _set_threads(threads)
+    t0 = time.perf_counter()
+    model = load(model_path)
+    _status(f"loaded {model_path} ({model.format_name}, {model.weight_bytes() / 2**20:.0f} MiB per token) "
+            f"in {time.perf_counter() - t0:.2f}s")
+    return model
+
+
+class _Group(click.Group):
+    """Turns EdgeQwenError (and broken input) into one line on stderr and exit 1, unless --debug."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeQwenError as e:
+            if ctx.params.get("debug") or os.environ.get("EDGEQWEN_DEBUG"):
+                raise
+            click.echo(f"edgeqwen: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\nedgeqwen: interrupted", err=True)
+            sys.exit(130)
+        except OSError as e:
+            if ctx.params.get("debug") or os.environ.get("EDGEQWEN_DEBUG"):
+                raise
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"edgeqwen: error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.version_option(package_name="edgeqwen")
+def main(debug):
+    """edgeqwen: Qwen3 language models on a CPU with NumPy and Numba."""
+    if debug:
+        os.environ["EDGEQWEN_DEBUG"] = "1"
+
+
+MODEL = click.option("-m", "--model", "model_path", required=True, type=click.Path(),
+                     help="Model directory (Hugging Face layout) or file.")
+THREADS = click.option("-t", "--threads", type=int, default=None, help="Worker threads (default: all cores).")
+
+
+@main.command()
+@MODEL
+@click.argument("prompt", required=False)
+@click.option("-n", "--max-tokens", type=int, default=256, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=float, default=None, help="0 = greedy [default: generation_config, else 0].")
+@click.option("--top-k", type=int, default=None, help="Keep the k most likely tokens (0 = off).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling mass.")
+@click.option("--min-p", type=float, default=None, help="Drop tokens below min_p x the top probability.")
+@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed: same seed, same text.")
+@click.option("--chat/--raw", default=True, show_default=True,
+              help="Wrap the prompt in the model's chat template, or feed it as raw text.")
+@click.option("--think/--no-think", default=True, show_default=True, help="Qwen3 thinking mode (with --chat).")
+@click.option("--system", default=None, help="System prompt (with --chat).")
+@click.option("--ctx", type=int, default=None, help="Context length (default: prompt + max tokens, at least 4096).")
+@THREADS
+def generate(model_path, prompt, max_tokens, temperature, top_k, top_p, min_p, presence_penalty, seed, chat,
+             think, system, ctx, threads):
+    """Stream a completion of PROMPT (read from stdin when omitted or '-')."""
+    from .generate import prompt_to_ids, stream_generate
+
+    if prompt is None or prompt == "-":
+        prompt = sys.stdin.read()
+    if max_tokens < 1:
+        raise EdgeQwenError(f"--max-tokens must be at least 1, got {max_tokens}")
+    model = _load(model_path, threads)
+    g = model.config.generation
+    if temperature is None:
+        temperature = (g.temperature or 0.0) if g.do_sample else 0.0
+    top_k = g.top_k if top_k is None and temperature else (top_k or 0)
+    top_p = g.top_p if top_p is None and temperature else (top_p if top_p is not None else 1.0)
+    min_p = g.min_p if min_p is None and temperature else (min_p or 0.0)
+    messages = prompt
+    if chat:
+        messages = [{"role": "user", "content": prompt}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+    ids = prompt_to_ids(model, messages, chat=chat, enable_thinking=think if chat else None)
+    if ctx is not None and len(ids) > ctx:
+        raise EdgeQwenError(f"prompt of {len(ids)} tokens does not fit the context of {ctx}")
+    if len(ids) > model.config.max_position_embeddings:
+        raise EdgeQwenError(f"prompt of {len(ids)} tokens exceeds the model's context "
+                            f"({model.config.max_position_embeddings})")
+    last = None
+    for r in stream_generate(model, ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k or 0,
+                             top_p=top_p if top_p is not None else 1.0, min_p=min_p or 0.0,
+                             presence_penalty=presence_penalty, seed=seed, ctx=ctx):
+        click.echo(r.text, nl=False)
+        sys.stdout.flush()
+        last = r
+    click.echo()
+    if last is not None:
+        _status(f"prompt {last.prompt_tokens} tok, {last.prompt_tps:.1f} tok/s | "
+                f"generated {last.generation_tokens} tok, {last.generation_tps:.1f} tok/s | "
+                f"ttft {last.ttft:.2f}s | finish: {last.finish_reason}")
+
+
+@main.command()
+@MODEL
+def info(model_path):
+    """Print a model's config, weight format, size and tensor count."""
+    from .loader import load
+
+    model = load(model_path)
+    c = model.config
+    rows = [
+        ("path", model.path),
+        ("model_type", c.model_type),
+        ("format", model.format_name),
+        ("parameters", f"{_param_count(model) / 1e6:.1f} M"),
+        ("weights", f"{model.file_bytes / 2**20:.1f} MiB ({model.weight_bytes() / 2**20:.1f} MiB read per token)"),
+        ("tensors", str(model.tensor_count)),
+        ("layers", str(c.num_hidden_layers)),
+        ("hidden / intermediate", f"{c.hidden_size} / {c.intermediate_size}"),
+        ("heads q / kv / dim", f"{c.num_attention_heads} / {c.num_key_value_heads} / {c.head_dim}"),
+        ("vocab", str(c.vocab_size)),
+        ("tied embeddings", str(c.tie_word_embeddings)),
+        ("rope_theta", f"{c.rope_theta:g}"),
+        ("max context", str(c.max_position_embeddings)),
+        ("eos ids", ", ".join(map(str, c.eos_ids()))),
+        ("tokenizer", "yes" if model.tokenizer else "none (token ids only)"),
+        ("chat template", "yes" if model.tokenizer and model.tokenizer.chat_template else "no"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+def _param_count(model) -> int:
+    c = model.config
+    n = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    per_layer = (c.q_dim * c.hidden_size * 2 + c.kv_dim * c.hidden_size * 2 + 3 * c.hidden_size * c.intermediate_size
+                 + 2 * c.hidden_size + 2 * c.head_dim)
+    return n + c.num_hidden_layers * per_layer + c.hidden_size
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]),
+              default="qwen3-0.6b", show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.argument("out_dir", type=click.Path())
+def synth(preset, dtype, seed, out_dir):
+    """Write a random-weight checkpoint in the exact shapes of a real Qwen3 model."""
+    from .synth import synth_checkpoint
+
+    with click.progressbar(length=100, label=f"synth {preset} {dtype}", file=sys.stderr) as bar:
+        last = [0]
+
+        def progress(done, total):
+            pct = int(100 * done / total)
+            bar.update(pct - last[0])
+            last[0] = pct
+
+        path = synth_checkpoint(out_dir, preset=preset, dtype=dtype, seed=seed, progress=progress)
+    click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Each kernel against a few lines of NumPy, on odd shapes."""
+
+import numpy as np
+import pytest
+
+from edgeqwen.kernels import attention, linear, ops
+from edgeqwen.synth import f32_to_bf16
+
+rng = np.random.default_rng(0)
+
+
+def stored(w32, kind):
+    """(stored array, its exact float32 value) for a weight kind."""
+    if kind == "bf16":
+        b = f32_to_bf16(w32)
+        return b, (b.astype(np.uint32) << 16).view(np.float32)
+    if kind == "f16":
+        h = w32.astype(np.float16)
+        return h.view(np.int16), h.astype(np.float32)
+    return w32, w32
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 13), (65, 33), (130, 257)])
+def test_matvec(kind, n, k):
+    w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
+    x = rng.standard_normal(k).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    linear.matvec(w, x, out)
+    np.testing.assert_allclose(out, w32.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("t,n,k", [(2, 5, 3), (4, 4, 8), (9, 37, 19), (13, 70, 64)])
+def test_matmul(kind, t, n, k):
+    w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    out = np.full((t, n), np.nan, np.float32)
+    linear.matmul(w, x, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w32.T, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_conversion_is_exact_for_every_pattern():
+    bits = np.arange(0, 65536, dtype=np.uint32).astype(np.uint16)
+    want = (bits.astype(np.uint32) << 16).view(np.float32)
+    finite = np.isfinite(want)
+    out = np.empty((65536, 1), np.float32)
+    ops.embed(bits.reshape(-1, 1), np.arange(65536, dtype=np.int64), out)
+    np.testing.assert_array_equal(out[finite, 0], want[finite])
+
+
+def test_f16_conversion_is_exact_for_every_pattern():
+    bits = np.arange(0, 65536, dtype=np.uint32).astype(np.uint16).view(np.int16)
+    want = bits.view(np.float16).astype(np.float32)
+    finite = np.isfinite(want)
+    out = np.empty((65536, 1), np.float32)
+    ops.embed(bits.reshape(-1, 1), np.arange(65536, dtype=np.int64), out)
+    np.testing.assert_array_equal(out[finite, 0], want[finite])
+
+
+def test_rmsnorm():
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    w = rng.standard_normal(40).astype(np.float32)
+    out = np.empty_like(x)
+    ops.rmsnorm(x, w, 1e-6, out)
+    want = w * x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def rope_ref(v, pos, theta):
+    hd = v.shape[-1]
+    inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    ang = pos * inv
+    c, s = np.cos(ang), np.sin(ang)
+    a, b = v[: hd // 2], v[hd // 2:]
+    return np.concatenate([a * c - b * s, b * c + a * s])
+
+
+def test_qk_norm_rope_store():
+    t, nh, nkv, hd, start, ctx = 3, 4, 2, 8, 5, 16
+    q = rng.standard_normal((t, nh, hd)).astype(np.float32)
+    k = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+    v = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+    qn = rng.standard_normal(hd).astype(np.float32)
+    kn = rng.standard_normal(hd).astype(np.float32)
+    cos = np.empty((ctx, hd // 2), np.float32)
+    sin = np.empty_like(cos)
+    ops.rope_tables(1e6, hd, ctx, cos, sin)
+    kc = np.zeros((ctx, nkv, hd), np.float32)
+    vc = np.zeros_like(kc)
+    q0, k0 = q.copy(), k.copy()
+    ops.qk_norm_rope_store(q, k, v, qn, kn, 1e-6, cos, sin, start, kc, vc)
+
+    def norm(x, w):
+        return w * x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-6)
+
+    for ti in range(t):
+        for h in range(nh):
+            np.testing.assert_allclose(q[ti, h], rope_ref(norm(q0[ti, h], qn), start + ti, 1e6), atol=1e-5)
+        for h in range(nkv):
+            want = rope_ref(norm(k0[ti, h], kn), start + ti, 1e6)
+            np.testing.assert_allclose(kc[start + ti, h], want, atol=1e-5)
+            np.testing.assert_array_equal(vc[start + ti, h], v[ti, h])
+    assert not kc[:start].any() and not kc[start + t:].any()
+
+
+def attention_ref(q, kc, vc, start):
+    t, nh, hd = q.shape
+    kv_mul = nh // kc.shape[1]
+    out = np.empty_like(q, dtype=np.float64)
+    for ti in range(t):
+        n = start + ti + 1
+        for h in range(nh):
+            s = kc[:n, h // kv_mul] @ q[ti, h] / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            out[ti, h] = (p / p.sum()) @ vc[:n, h // kv_mul]
+    return out
+
+
+@pytest.mark.parametrize("t,start,nh,nkv", [(1, 0, 2, 2), (1, 300, 8, 2), (5, 0, 4, 4), (3, 129, 6, 3),
+                                              (140, 0, 4, 2)])
+def test_attention(t, start, nh, nkv):
+    hd = 16
+    ctx = start + t + 3
+    q = rng.standard_normal((t, nh, hd)).astype(np.float32) * 3
+    kc = rng.standard_normal((ctx, nkv, hd)).astype(np.float32)
+    vc = rng.standard_normal((ctx, nkv, hd)).astype(np.float32)
+    kc[start + t:] = 1e3  # beyond the causal window: must never be read
+    scores = np.empty((t * nkv, nh // nkv, attention.BLOCK + 2), np.float32)
+    out = np.empty((t, nh, hd), np.float32)
+    attention.attention(q, kc, vc, start, scores, out)
+    np.testing.assert_allclose(out, attention_ref(q, kc, vc, start), atol=2e-5)
+
+
+def test_silu_mul_and_add():
+    g = rng.standard_normal((2, 9)).astype(np.float32)
+    u = rng.standard_normal((2, 9)).astype(np.float32)
+    out = np.empty_like(g)
+    ops.silu_mul(g, u, out)
+    np.testing.assert_allclose(out, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+    x = g.copy()
+    ops.add_inplace(x, u)
+    np.testing.assert_allclose(x, g + u)
