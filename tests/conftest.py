@@ -15,3 +15,15 @@ def qwen3_tokenizer():
     from edgeqwen.tokenizer import Tokenizer
 
     return Tokenizer.from_dir(TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A synthetic Qwen3 with tiny dims but the real vocabulary, tokenizer and chat template."""
+    from edgeqwen.synth import synth_checkpoint
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    synth_checkpoint(out, "qwen3-0.6b", "bf16", seed=1, hidden_size=64, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     max_position_embeddings=512)
+    return out
