@@ -12,8 +12,8 @@ from .kernels import membw
 
 def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     """Best-of-``repeats`` streaming read bandwidth in bytes/s with the current thread count."""
-    a = np.ones(n_bytes // 4, np.float32)
-    partial = np.empty((a.shape[0] + membw.CHUNK - 1) // membw.CHUNK, np.float32)
+    a = np.ones((n_bytes // 4096, 1024), np.float32)
+    partial = np.empty(a.shape[0], np.float32)
     membw.stream_sum(a, partial)
     best = float("inf")
     for _ in range(repeats):

@@ -13,14 +13,13 @@ from .errors import EdgeQwenError
 
 
 def _set_threads(threads: int | None) -> None:
-    import numba
+    from . import set_threads
 
-    if threads is None:
-        return
-    limit = numba.config.NUMBA_NUM_THREADS
-    if threads < 1 or threads > limit:
-        raise EdgeQwenError(f"--threads must be between 1 and {limit} on this machine, got {threads}")
-    numba.set_num_threads(threads)
+    if threads is not None:
+        try:
+            set_threads(threads)
+        except EdgeQwenError as e:
+            raise EdgeQwenError(f"--threads: {e}") from None
 
 
 def _status(msg: str) -> None:

@@ -121,9 +121,10 @@ class Qwen3Model:
             raise EdgeQwenError(
                 f"{cache.pos} cached + {t_total} new tokens exceed the context length {cache.ctx}"
             )
-        bad = (ids < 0) | (ids >= self.config.vocab_size)
-        if bad.any():
-            raise EdgeQwenError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise EdgeQwenError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
+                                f"(0..{self.config.vocab_size - 1})")
         self._rope(cache.ctx)
         if t_total <= PREFILL_CHUNK:
             return self._forward_chunk(ids, cache, all_logits)

@@ -32,3 +32,24 @@ def test_bf16_weights_are_not_converted_at_load(tmp_path):
     m = edgeqwen.load(out)
     w = m.layers[0].q_proj.data
     assert w.dtype == np.uint16 and not w.flags.owndata and not w.flags.writeable
+
+
+def test_wrong_weight_dtype_names_the_tensor(tmp_path):
+    import json
+    import pytest
+    from edgeqwen.errors import EdgeQwenError
+    from edgeqwen.storage import open_safetensors_dir
+    from edgeqwen.storage.safetensors import write_safetensors
+
+    src = edgeqwen.synth_checkpoint(tmp_path / "m", "qwen3-0.6b", "bf16", hidden_size=64, intermediate_size=64,
+                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                    head_dim=32, vocab_size=300)
+    store = open_safetensors_dir(src)
+    name = "model.layers.0.mlp.up_proj.weight"
+    specs = [(n, "I16" if n == name else store.dtype(n), store.shape(n)) for n in store.names()]
+    data = {n: store.get(n).copy() for n in store.names()}
+    (src / "model.safetensors").unlink()
+    write_safetensors(src / "model.safetensors", specs, data.__getitem__)
+    json.loads((src / "config.json").read_text())
+    with pytest.raises(EdgeQwenError, match=f"{name}.*dtype I16 is not a supported"):
+        edgeqwen.load(src)
