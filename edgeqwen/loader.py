@@ -11,7 +11,7 @@ from .errors import EdgeQwenError
 from .model import Layer, Qwen3Model
 from .storage import open_safetensors_dir
 from .tokenizer import Tokenizer
-from .weights import load_dense, load_vector
+from .weights import load_dense, load_linear, load_vector
 
 
 def _bias(store, name, size):
@@ -23,24 +23,27 @@ def _bias(store, name, size):
 def build_model(cfg: ModelConfig, store, tokenizer=None, path: str = "") -> Qwen3Model:
     """Map the tensors of ``store`` onto a Qwen3Model (every shape checked against ``cfg``)."""
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    if cfg.quantization:
-        raise EdgeQwenError(f"{path}: quantized checkpoints ({cfg.quantization}) are not supported yet")
-    embed = load_dense(store, "model.embed_tokens.weight", (cfg.vocab_size, h))
+    qc = cfg.quantization
+
+    def linear(module, shape):
+        return load_linear(store, module, shape, qc)
+
+    embed = linear("model.embed_tokens", (cfg.vocab_size, h))
     layers = []
     for li in range(cfg.num_hidden_layers):
         p = f"model.layers.{li}."
         layers.append(Layer(
             input_layernorm=load_vector(store, p + "input_layernorm.weight", h),
-            q_proj=load_dense(store, p + "self_attn.q_proj.weight", (cfg.q_dim, h)),
-            k_proj=load_dense(store, p + "self_attn.k_proj.weight", (cfg.kv_dim, h)),
-            v_proj=load_dense(store, p + "self_attn.v_proj.weight", (cfg.kv_dim, h)),
-            o_proj=load_dense(store, p + "self_attn.o_proj.weight", (h, cfg.q_dim)),
+            q_proj=linear(p + "self_attn.q_proj", (cfg.q_dim, h)),
+            k_proj=linear(p + "self_attn.k_proj", (cfg.kv_dim, h)),
+            v_proj=linear(p + "self_attn.v_proj", (cfg.kv_dim, h)),
+            o_proj=linear(p + "self_attn.o_proj", (h, cfg.q_dim)),
             q_norm=load_vector(store, p + "self_attn.q_norm.weight", hd),
             k_norm=load_vector(store, p + "self_attn.k_norm.weight", hd),
             post_attention_layernorm=load_vector(store, p + "post_attention_layernorm.weight", h),
-            gate_proj=load_dense(store, p + "mlp.gate_proj.weight", (i, h)),
-            up_proj=load_dense(store, p + "mlp.up_proj.weight", (i, h)),
-            down_proj=load_dense(store, p + "mlp.down_proj.weight", (h, i)),
+            gate_proj=linear(p + "mlp.gate_proj", (i, h)),
+            up_proj=linear(p + "mlp.up_proj", (i, h)),
+            down_proj=linear(p + "mlp.down_proj", (h, i)),
             q_bias=_bias(store, p + "self_attn.q_proj.bias", cfg.q_dim),
             k_bias=_bias(store, p + "self_attn.k_proj.bias", cfg.kv_dim),
             v_bias=_bias(store, p + "self_attn.v_proj.bias", cfg.kv_dim),
@@ -48,9 +51,10 @@ def build_model(cfg: ModelConfig, store, tokenizer=None, path: str = "") -> Qwen
     if cfg.tie_word_embeddings:
         lm_head = embed
     else:
-        lm_head = load_dense(store, "lm_head.weight", (cfg.vocab_size, h))
+        lm_head = linear("lm_head", (cfg.vocab_size, h))
     norm = load_vector(store, "model.norm.weight", h)
-    kinds = sorted({embed.kind} | {layers[0].q_proj.kind})
+    kinds = sorted({embed.kind, lm_head.kind} | {getattr(layer, m).kind for layer in layers for m in
+                   ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")})
     model = Qwen3Model(cfg, embed, layers, norm, lm_head, tokenizer=tokenizer, path=path,
                        format_name="/".join(kinds))
     model.tensor_count = len(store.names())

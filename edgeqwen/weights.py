@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EdgeQwenError
-from .kernels import linear, ops
+from .kernels import linear, ops, quant
 from .storage import TensorStore
 
 DENSE_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
@@ -70,3 +70,184 @@ def load_vector(store: TensorStore, name: str, size: int) -> np.ndarray:
     """A norm weight or bias of length ``size``, in its stored dtype view (no copy)."""
     w = load_dense(store, name, (size,))
     return w.data
+
+
+class Affine:
+    """MLX-layout affine group quantization: ``w = scale * q + bias`` per group of ``group_size``."""
+
+    def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int):
+        self.wq = wq  # (N, K * bits / 8) uint8: the uint32 words as little-endian bytes
+        self.scales = scales  # (N, K / group_size) stored dtype
+        self.biases = biases  # (N, K / group_size) stored dtype
+        self.bits = bits
+        self.group_size = group_size
+        self.kind = f"int{bits}-g{group_size}"
+        self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
+        self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
+        k = self.shape[1]
+        self._xsum = np.empty(k // group_size, np.float32)  # (G,) group sums of the activation
+        if bits == 4:
+            self._xe = np.empty(k // 2, np.float32)  # (K/2,) x[0::2]
+            self._xo = np.empty(k // 2, np.float32)  # (K/2,) x[1::2]
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self.bits == 4:
+            quant.split_even_odd(x, self._xe, self._xo, self._xsum, self.group_size)
+            quant.affine4_matvec(self.wq, self.scales, self.biases, self._xe, self._xo, self._xsum, out)
+        else:
+            quant.group_sums(x, self._xsum, self.group_size)
+            quant.affine8_matvec(self.wq, self.scales, self.biases, x, self._xsum, out)
+
+    def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
+        if x.shape[0] == 1:
+            self.matvec(x[0], out[0])
+        elif self.bits == 4:
+            quant.affine4_matmul(self.wq, self.scales, self.biases, x, out)
+        else:
+            quant.affine8_matmul(self.wq, self.scales, self.biases, x, out)
+
+    def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
+        quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
+
+    def row_f32(self) -> np.ndarray:
+        """The dequantized matrix (tests and tools only)."""
+        n, k = self.shape
+        tile = np.empty((n, k), np.float32)
+        rows = quant.affine4_rows if self.bits == 4 else quant.affine8_rows
+        rows(self.wq, self.scales, self.biases, 0, n, tile)
+        return tile
+
+
+class Fp8Block:
+    """e4m3 weights with one ``scale_inv`` per (block_n x block_k) tile: ``W = fp8 * scale_inv``."""
+
+    def __init__(self, wq: np.ndarray, scale_inv: np.ndarray, block_n: int, block_k: int):
+        self.wq = wq  # (N, K) uint8 e4m3
+        self.scale_inv = scale_inv  # (ceil(N / block_n), ceil(K / block_k)) stored dtype
+        self.block_n = block_n
+        self.block_k = block_k
+        self.kind = "fp8"
+        self.shape = wq.shape
+        self.nbytes = wq.nbytes + scale_inv.nbytes
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        quant.fp8_matvec(self.wq, self.scale_inv, self.block_n, self.block_k, x, out)
+
+    def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
+        if x.shape[0] == 1:
+            self.matvec(x[0], out[0])
+        else:
+            quant.fp8_matmul(self.wq, self.scale_inv, self.block_n, self.block_k, x, out)
+
+    def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
+        tile = np.empty((1, self.shape[1]), np.float32)
+        for t, i in enumerate(ids):
+            quant.fp8_rows(self.wq, self.scale_inv, self.block_n, self.block_k, int(i), 1, tile)
+            out[t] = tile[0]
+
+    def row_f32(self) -> np.ndarray:
+        n, k = self.shape
+        tile = np.empty((n, k), np.float32)
+        quant.fp8_rows(self.wq, self.scale_inv, self.block_n, self.block_k, 0, n, tile)
+        return tile
+
+
+AFFINE_BITS = (4, 8)
+AFFINE_GROUPS = (32, 64, 128)
+
+
+def affine_params(quantization: dict | None, module: str) -> tuple[int, int] | None:
+    """(bits, group_size) for ``module`` under an MLX ``quantization`` dict, None if left unquantized."""
+    if not quantization or "quant_method" in quantization:
+        return None
+    override = quantization.get(module)
+    if override is False:
+        return None
+    q = override if isinstance(override, dict) else quantization
+    mode = q.get("mode", quantization.get("mode", "affine"))
+    if mode != "affine":
+        raise EdgeQwenError(f"{module}: quantization mode {mode!r} is not supported (only 'affine')")
+    bits, gs = q.get("bits"), q.get("group_size")
+    if bits not in AFFINE_BITS or gs not in AFFINE_GROUPS:
+        raise EdgeQwenError(f"{module}: unsupported quantization bits={bits} group_size={gs} "
+                            f"(supported: bits {AFFINE_BITS}, group sizes {AFFINE_GROUPS})")
+    return bits, gs
+
+
+SCALE_DTYPES = ("BF16", "F16", "F32")
+
+
+def load_affine(store: TensorStore, module: str, shape: tuple[int, int], bits: int, group_size: int) -> Affine:
+    """``module``.weight/.scales/.biases as an Affine weight, every shape checked."""
+    n, k = shape
+    wname = module + ".weight"
+    if k % group_size:
+        raise EdgeQwenError(f"{store.where(wname)}: input size {k} is not a multiple of group size {group_size}")
+    if store.dtype(wname) != "U32":
+        raise EdgeQwenError(f"{store.where(wname)}: quantized weight must be U32, got {store.dtype(wname)}")
+    _check_shape(store, wname, (n, k * bits // 32))
+    parts = []
+    for suffix in (".scales", ".biases"):
+        name = module + suffix
+        if name not in store:
+            raise EdgeQwenError(f"{store.where(wname)}: quantized weight without {suffix[1:]} ({name!r} missing)")
+        if store.dtype(name) not in SCALE_DTYPES:
+            raise EdgeQwenError(f"{store.where(name)}: dtype {store.dtype(name)} is not BF16/F16/F32")
+        got = store.shape(name)
+        if tuple(got) != (n, k // group_size):
+            raise EdgeQwenError(f"{store.where(name)}: shape {list(got)} does not match the weight "
+                                f"({n} rows x {k // group_size} groups of {group_size})")
+        parts.append(store.get(name))
+    wq = store.get(wname).view(np.uint8)
+    return Affine(wq, parts[0], parts[1], bits, group_size)
+
+
+def load_fp8(store: TensorStore, module: str, shape: tuple[int, int], block: tuple[int, int]) -> Fp8Block:
+    """``module``.weight (F8_E4M3) with ``.weight_scale_inv`` tiles as an Fp8Block weight."""
+    wname, sname = module + ".weight", module + ".weight_scale_inv"
+    _check_shape(store, wname, shape)
+    if sname not in store:
+        raise EdgeQwenError(f"{store.where(wname)}: FP8 weight without its scales ({sname!r} missing)")
+    if store.dtype(sname) not in SCALE_DTYPES:
+        raise EdgeQwenError(f"{store.where(sname)}: dtype {store.dtype(sname)} is not BF16/F16/F32")
+    bn, bk = block
+    want = (-(-shape[0] // bn), -(-shape[1] // bk))
+    got = store.shape(sname)
+    if tuple(got) != want:
+        raise EdgeQwenError(f"{store.where(sname)}: shape {list(got)} does not match {list(want)} "
+                            f"({bn}x{bk} tiles of a {shape[0]}x{shape[1]} weight)")
+    return Fp8Block(store.get(wname), store.get(sname), bn, bk)
+
+
+def fp8_block(quantization: dict | None) -> tuple[int, int] | None:
+    """The (block_n, block_k) tile of an FP8 quantization_config, None for other configs."""
+    if not quantization or quantization.get("quant_method") != "fp8":
+        return None
+    fmt = quantization.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise EdgeQwenError(f"FP8 format {fmt!r} is not supported (only e4m3)")
+    block = quantization.get("weight_block_size") or [128, 128]
+    if (not isinstance(block, (list, tuple)) or len(block) != 2
+            or not all(isinstance(b, int) and b > 0 for b in block)):
+        raise EdgeQwenError(f"quantization_config.weight_block_size must be two positive integers, got {block!r}")
+    return block[0], block[1]
+
+
+def load_linear(store: TensorStore, module: str, shape: tuple[int, int], quantization: dict | None):
+    """The weight of ``module`` (a Hugging Face module name) in whatever format it is stored."""
+    wname = module + ".weight"
+    if wname not in store:
+        raise EdgeQwenError(f"tensor {wname!r} is missing from the checkpoint")
+    dtype = store.dtype(wname)
+    if dtype == "F8_E4M3":
+        block = fp8_block(quantization)
+        if block is None:
+            raise EdgeQwenError(f"{store.where(wname)}: FP8 weight but config.json has no FP8 quantization_config")
+        return load_fp8(store, module, shape, block)
+    if module + ".scales" in store or dtype == "U32":
+        params = affine_params(quantization, module)
+        if params is None:
+            raise EdgeQwenError(f"{store.where(wname)}: quantized tensor but config.json has no 'quantization' "
+                                f"entry for it")
+        return load_affine(store, module, shape, *params)
+    return load_dense(store, wname, shape)

@@ -36,6 +36,23 @@ def _f16_to_f32(typingctx, u):
     return types.float32(types.int16), codegen
 
 
+@intrinsic
+def bits_to_f32(typingctx, u):
+    """Reinterpret the low 32 bits of an integer as float32 (Numba widens uint32 arithmetic to 64 bits)."""
+    if not isinstance(u, types.Integer):
+        raise TypingError("float32 bits must be an integer")
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if u.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif u.bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
 def to_f32(v):
     """float32 value of one stored weight element (see module docstring for the dtype map)."""
     raise NotImplementedError  # replaced inside jitted code by the overload below

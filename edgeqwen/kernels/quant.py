@@ -1,0 +1,203 @@
+"""Quantized linear layers, run directly on the stored bytes.
+
+Affine (MLX layout): per row, groups of ``gs`` weights share a scale and a bias,
+``w = scale * q + bias``, q packed low bits first in uint32 words, viewed here as bytes: for
+4 bits, byte j of a row holds element 2j in its low nibble and 2j+1 in its high nibble.
+
+FP8 block (official Qwen3 FP8): e4m3 bytes, ``W = fp8 * scale_inv[row // 128, col // 128]``.
+An e4m3 byte becomes float32 exactly by moving its 7 magnitude bits to the top of a float32
+exponent/mantissa field and multiplying by 2**120 (which also gets the subnormals right); the
+2**120 is folded into the block scale, so the inner loop is shift, bitcast, FMA.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .linear import TILE_ROWS, tile_matmul
+from .numeric import bits_to_f32, to_f32
+
+JIT = dict(cache=True, fastmath=True, nogil=True)
+ROWS_PER_TASK = 16
+E4M3_RESCALE = np.float32(2.0 ** 120)
+
+
+# -- activation preparation (once per matvec, shared by every row) ----------------------------
+
+@njit(**JIT)
+def split_even_odd(x, xe, xo, xsum, gs):
+    # x: (K,) f32 -> xe, xo: (K/2,) elements 2j and 2j+1; xsum: (K/gs,) group sums of x
+    for j in range(xe.shape[0]):
+        xe[j] = x[2 * j]
+        xo[j] = x[2 * j + 1]
+    for g in range(xsum.shape[0]):
+        s = np.float32(0.0)
+        for j in range(g * gs, (g + 1) * gs):
+            s += x[j]
+        xsum[g] = s
+
+
+@njit(**JIT)
+def group_sums(x, xsum, gs):
+    # x: (K,) f32; xsum: (K/gs,) f32
+    for g in range(xsum.shape[0]):
+        s = np.float32(0.0)
+        for j in range(g * gs, (g + 1) * gs):
+            s += x[j]
+        xsum[g] = s
+
+
+# -- affine int4 --------------------------------------------------------------------------------
+
+@njit(parallel=True, **JIT)
+def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
+    # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype; xe, xo: (K/2,) f32; xsum: (G,) f32
+    n = wq.shape[0]
+    n_groups = scales.shape[1]
+    hb = wq.shape[1] // n_groups  # bytes per group
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n_tasks):
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            acc = np.float32(0.0)
+            for g in range(n_groups):
+                dot = np.float32(0.0)
+                for j in range(g * hb, (g + 1) * hb):
+                    b = wq[r, j]
+                    dot += np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]
+                acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
+            out[r] = acc
+
+
+@njit(**JIT)
+def affine4_rows(wq, scales, biases, r0, rows, tile):
+    # dequantize rows r0..r0+rows of an int4 matrix into tile: (TILE_ROWS, K) f32
+    n_groups = scales.shape[1]
+    hb = wq.shape[1] // n_groups
+    for i in range(rows):
+        r = r0 + i
+        for g in range(n_groups):
+            s = to_f32(scales[r, g])
+            b = to_f32(biases[r, g])
+            for j in range(g * hb, (g + 1) * hb):
+                v = wq[r, j]
+                tile[i, 2 * j] = s * np.float32(v & 15) + b
+                tile[i, 2 * j + 1] = s * np.float32(v >> 4) + b
+
+
+@njit(parallel=True, **JIT)
+def affine4_matmul(wq, scales, biases, x, out):
+    # x: (T, K) f32; out: (T, N) f32
+    n = wq.shape[0]
+    k = x.shape[1]
+    n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
+    for task in prange(n_tasks):
+        r0 = task * TILE_ROWS
+        rows = min(n, r0 + TILE_ROWS) - r0
+        tile = np.empty((TILE_ROWS, k), np.float32)
+        affine4_rows(wq, scales, biases, r0, rows, tile)
+        tile_matmul(tile, rows, x, out, r0)
+
+
+# -- affine int8 --------------------------------------------------------------------------------
+
+@njit(parallel=True, **JIT)
+def affine8_matvec(wq, scales, biases, x, xsum, out):
+    # wq: (N, K) u8; scales, biases: (N, G); x: (K,) f32; xsum: (G,) f32
+    n, k = wq.shape
+    n_groups = scales.shape[1]
+    gs = k // n_groups
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n_tasks):
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            acc = np.float32(0.0)
+            for g in range(n_groups):
+                dot = np.float32(0.0)
+                for j in range(g * gs, (g + 1) * gs):
+                    dot += np.float32(wq[r, j]) * x[j]
+                acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
+            out[r] = acc
+
+
+@njit(**JIT)
+def affine8_rows(wq, scales, biases, r0, rows, tile):
+    n_groups = scales.shape[1]
+    gs = wq.shape[1] // n_groups
+    for i in range(rows):
+        r = r0 + i
+        for g in range(n_groups):
+            s = to_f32(scales[r, g])
+            b = to_f32(biases[r, g])
+            for j in range(g * gs, (g + 1) * gs):
+                tile[i, j] = s * np.float32(wq[r, j]) + b
+
+
+@njit(parallel=True, **JIT)
+def affine8_matmul(wq, scales, biases, x, out):
+    n = wq.shape[0]
+    k = x.shape[1]
+    n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
+    for task in prange(n_tasks):
+        r0 = task * TILE_ROWS
+        rows = min(n, r0 + TILE_ROWS) - r0
+        tile = np.empty((TILE_ROWS, k), np.float32)
+        affine8_rows(wq, scales, biases, r0, rows, tile)
+        tile_matmul(tile, rows, x, out, r0)
+
+
+@njit(**JIT)
+def affine_embed(wq, scales, biases, bits, ids, out):
+    # rows ``ids`` of an int4/int8 table, dequantized: out (T, K) f32
+    tile = np.empty((1, out.shape[1]), np.float32)
+    for t in range(ids.shape[0]):
+        if bits == 4:
+            affine4_rows(wq, scales, biases, ids[t], 1, tile)
+        else:
+            affine8_rows(wq, scales, biases, ids[t], 1, tile)
+        out[t] = tile[0]
+
+
+# -- FP8 e4m3, 2-D block scales -----------------------------------------------------------------
+
+@njit(**JIT)
+def e4m3_to_f32_unscaled(b):
+    # the e4m3 byte's value / 2**120 (sign kept), see the module docstring
+    u = np.uint32(b)
+    return bits_to_f32(((u & np.uint32(0x80)) << np.uint32(24)) | ((u & np.uint32(0x7F)) << np.uint32(20)))
+
+
+@njit(parallel=True, **JIT)
+def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
+    # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (K,) f32
+    n, k = wq.shape
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n_tasks):
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            acc = np.float32(0.0)
+            for c in range(scale_inv.shape[1]):
+                dot = np.float32(0.0)
+                for j in range(c * block_k, min(k, (c + 1) * block_k)):
+                    dot += e4m3_to_f32_unscaled(wq[r, j]) * x[j]
+                acc += to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE * dot
+            out[r] = acc
+
+
+@njit(**JIT)
+def fp8_rows(wq, scale_inv, block_n, block_k, r0, rows, tile):
+    k = wq.shape[1]
+    for i in range(rows):
+        r = r0 + i
+        for c in range(scale_inv.shape[1]):
+            s = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
+            for j in range(c * block_k, min(k, (c + 1) * block_k)):
+                tile[i, j] = s * e4m3_to_f32_unscaled(wq[r, j])
+
+
+@njit(parallel=True, **JIT)
+def fp8_matmul(wq, scale_inv, block_n, block_k, x, out):
+    n, k = wq.shape
+    n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
+    for task in prange(n_tasks):
+        r0 = task * TILE_ROWS
+        rows = min(n, r0 + TILE_ROWS) - r0
+        tile = np.empty((TILE_ROWS, k), np.float32)
+        fp8_rows(wq, scale_inv, block_n, block_k, r0, rows, tile)
+        tile_matmul(tile, rows, x, out, r0)

@@ -1,0 +1,164 @@
+"""Quantized formats against their references: mlx-lm for the MLX layout, transformers for FP8."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import edgeqwen
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.generate import generate_step
+from edgeqwen.kernels import quant
+from edgeqwen.sampling import make_sampler
+from edgeqwen.synth import f32_to_bf16
+
+from conftest import FIXTURES
+
+GQ = FIXTURES / "golden_quant"
+MODELS = ["int4-g64", "int4-g32", "int8-g128", "int4-g128-f32", "mixed-4-8", "fp8-bf16", "fp8-f16", "fp8-f32"]
+# mlx-lm's tiny models have logits of scale ~100 (float32 rounding ~1e-5 relative); FP8 ones ~5
+ATOL = {"int": 3e-4, "mix": 3e-4, "fp8": 1e-4}
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def golden(request):
+    d = GQ / request.param
+    return request.param, edgeqwen.load(d), np.load(d / "reference.npz")
+
+
+def test_logits_match_reference(golden):
+    name, model, r = golden
+    for n in (9, 70):
+        got = model.logits(r[f"ids_{n}"])
+        err = np.abs(got - r[f"logits_{n}"]).max()
+        assert err < ATOL[name[:3]], f"{name}: max |diff| {err:.2e}"
+
+
+def test_greedy_matches_reference(golden):
+    name, model, r = golden
+    tokens = [t for t, _ in generate_step(model, r["ids_9"], model.new_cache(64), make_sampler(0.0), 32)]
+    assert tokens == r["greedy"].tolist()
+
+
+def test_formats_are_what_the_files_say():
+    assert edgeqwen.load(GQ / "mixed-4-8").format_name == "int4-g64/int8-g64"
+    m = edgeqwen.load(GQ / "fp8-bf16")
+    assert m.layers[0].q_proj.kind == "fp8" and m.lm_head.kind == "bf16"
+    assert m.layers[0].q_proj.scale_inv.dtype == np.uint16  # bf16 scales used as stored
+
+
+def test_e4m3_decode_is_exact_for_every_byte():
+    table = np.load(GQ / "e4m3_table.npy")  # torch's float8_e4m3fn values
+    wq = np.arange(256, dtype=np.uint8).reshape(2, 128)
+    scale = np.ones((1, 1), np.float32)
+    tile = np.empty((32, 128), np.float32)
+    quant.fp8_rows(wq, scale, 128, 128, 0, 2, tile)
+    finite = np.isfinite(table)
+    np.testing.assert_array_equal(tile[:2].reshape(-1)[finite], table[finite])
+
+
+# -- kernels against NumPy dequantize-then-matmul, odd shapes ---------------------------------
+
+rng = np.random.default_rng(1)
+
+
+def affine_random(n, k, bits, gs, scale_kind):
+    q = rng.integers(0, 2 ** bits, size=(n, k)).astype(np.uint32)
+    per = 32 // bits
+    words = np.zeros((n, k // per), np.uint32)
+    for i in range(per):
+        words |= q[:, i::per] << np.uint32(bits * i)
+    s = (rng.random((n, k // gs)) * 0.1).astype(np.float32)
+    b = (rng.standard_normal((n, k // gs)) * 0.1).astype(np.float32)
+    if scale_kind == "bf16":
+        s, b = f32_to_bf16(s), f32_to_bf16(b)
+        s32, b32 = (s.astype(np.uint32) << 16).view(np.float32), (b.astype(np.uint32) << 16).view(np.float32)
+    elif scale_kind == "f16":
+        s, b = s.astype(np.float16), b.astype(np.float16)
+        s32, b32 = s.astype(np.float32), b.astype(np.float32)
+        s, b = s.view(np.int16), b.view(np.int16)
+    else:
+        s32, b32 = s, b
+    w = q.astype(np.float64) * np.repeat(s32, gs, 1) + np.repeat(b32, gs, 1)
+    return edgeqwen.weights.Affine(words.view(np.uint8), s, b, bits, gs), w
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("n,k,scale_kind", [(1, 128, "bf16"), (37, 256, "f16"), (70, 384, "f32")])
+@pytest.mark.parametrize("t", [1, 3, 9])
+def test_affine_kernels(bits, gs, n, k, scale_kind, t):
+    w, ref = affine_random(n, k, bits, gs, scale_kind)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    out = np.full((t, n), np.nan, np.float32)
+    w.matmul(x, out)
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
+    emb = np.empty((2, k), np.float32)
+    w.embed(np.array([n - 1, 0]), emb)
+    np.testing.assert_allclose(emb, ref[[n - 1, 0]], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,k,scale_dtype", [(1, 16, np.float32), (130, 200, np.float32), (257, 129, np.float32)])
+@pytest.mark.parametrize("t", [1, 5])
+def test_fp8_kernels(n, k, scale_dtype, t):
+    table = np.load(GQ / "e4m3_table.npy")
+    codes = rng.integers(0, 256, size=(n, k)).astype(np.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0  # NaN codes never appear in checkpoints
+    s = (rng.random((-(-n // 128), -(-k // 128))) + 0.5).astype(scale_dtype)
+    ref = table[codes].astype(np.float64) * np.repeat(np.repeat(s, 128, 0)[:n], 128, 1)[:, :k]
+    w = edgeqwen.weights.Fp8Block(codes, s, 128, 128)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    out = np.full((t, n), np.nan, np.float32)
+    w.matmul(x, out)
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-2)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def broken_copy(tmp_path, name, edit_config=None, edit_tensors=None):
+    from edgeqwen.storage import open_safetensors_dir
+    from edgeqwen.storage.safetensors import write_safetensors
+
+    dst = tmp_path / "bad"
+    dst.mkdir()
+    src = GQ / name
+    shutil.copy(src / "config.json", dst / "config.json")
+    if edit_config:
+        cfg = json.loads((dst / "config.json").read_text())
+        edit_config(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    store = open_safetensors_dir(src)
+    tensors = {n: store.get(n) for n in store.names()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    specs = [(n, store.dtype(n) if n in store else "F32", tensors[n].shape) for n in tensors]
+    write_safetensors(dst / "model.safetensors", specs, tensors.__getitem__)
+    return dst
+
+
+def test_scales_shape_mismatch(tmp_path):
+    def cut(t):
+        t["model.layers.1.mlp.up_proj.scales"] = t["model.layers.1.mlp.up_proj.scales"][:, :1].copy()
+    d = broken_copy(tmp_path, "int4-g64", edit_tensors=cut)
+    with pytest.raises(EdgeQwenError, match="model.layers.1.mlp.up_proj.scales.*does not match"):
+        edgeqwen.load(d)
+
+
+@pytest.mark.parametrize("q,expect", [({"bits": 3, "group_size": 64}, "unsupported quantization bits=3"),
+                                      ({"bits": 4, "group_size": 48}, "group_size=48"),
+                                      ({"bits": 4, "group_size": 64, "mode": "mxfp4"}, "mode 'mxfp4'")])
+def test_unsupported_quantization(tmp_path, q, expect):
+    def edit(cfg):
+        cfg["quantization"] = cfg["quantization_config"] = q
+    d = broken_copy(tmp_path, "int4-g64", edit_config=edit)
+    with pytest.raises(EdgeQwenError, match=expect):
+        edgeqwen.load(d)
+
+
+def test_fp8_without_scales(tmp_path):
+    def drop(t):
+        del t["model.layers.0.self_attn.k_proj.weight_scale_inv"]
+    d = broken_copy(tmp_path, "fp8-bf16", edit_tensors=drop)
+    with pytest.raises(EdgeQwenError, match="k_proj.weight.*without its scales"):
+        edgeqwen.load(d)
