@@ -191,5 +191,29 @@ def synth(preset, dtype, seed, out_dir):
     click.echo(str(path))
 
 
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--embed-bits", type=click.Choice(["4", "8"]), default=None,
+              help="Bits for the embedding / lm_head (default: --bits); 8 keeps them closer to the original.")
+def quantize(src, dst, bits, group_size, embed_bits):
+    """Convert a bf16/fp16/fp32 or FP8 checkpoint SRC to the MLX int4/int8 layout in DST."""
+    from .quantize import quantize_checkpoint
+
+    with click.progressbar(length=1000, label=f"quantize int{bits} g{group_size}", file=sys.stderr) as bar:
+        last = [0]
+
+        def progress(done, total):
+            step = int(1000 * done / max(total, 1))
+            bar.update(step - last[0])
+            last[0] = step
+
+        out = quantize_checkpoint(src, dst, int(bits), int(group_size),
+                                  int(embed_bits) if embed_bits else None, progress=progress)
+    click.echo(str(out))
+
+
 if __name__ == "__main__":
     main()

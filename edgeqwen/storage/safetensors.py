@@ -153,6 +153,9 @@ class TensorStore:
     def get(self, name: str) -> np.ndarray:
         return self._file(name).get(name)
 
+    def nbytes_of(self, name: str) -> int:
+        return self._file(name).nbytes(name)
+
     def where(self, name: str) -> str:
         """``file: tensor 'name'`` for error messages."""
         f = self.files.get(name)
