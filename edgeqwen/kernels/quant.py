@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
-from .numeric import bits_to_f32, to_f32
+from .numeric import e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
 
 JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
@@ -57,12 +57,14 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            row = wq[r]
             acc = np.float32(0.0)
             for g in range(n_groups):
+                base = g * hb
                 dot = np.float32(0.0)
-                for j in range(g * hb, (g + 1) * hb):
-                    b = wq[r, j]
-                    dot += np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]
+                for j in range(hb):
+                    b = row[base + j]
+                    dot += nib_lo(b) * xe[base + j] + nib_hi(b) * xo[base + j]
                 acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
             out[r] = acc
 
@@ -79,8 +81,8 @@ def affine4_rows(wq, scales, biases, r0, rows, tile):
             b = to_f32(biases[r, g])
             for j in range(g * hb, (g + 1) * hb):
                 v = wq[r, j]
-                tile[i, 2 * j] = s * np.float32(v & 15) + b
-                tile[i, 2 * j + 1] = s * np.float32(v >> 4) + b
+                tile[i, 2 * j] = s * nib_lo(v) + b
+                tile[i, 2 * j + 1] = s * nib_hi(v) + b
 
 
 @njit(parallel=True, **JIT)
@@ -108,11 +110,13 @@ def affine8_matvec(wq, scales, biases, x, xsum, out):
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            row = wq[r]
             acc = np.float32(0.0)
             for g in range(n_groups):
+                base = g * gs
                 dot = np.float32(0.0)
-                for j in range(g * gs, (g + 1) * gs):
-                    dot += np.float32(wq[r, j]) * x[j]
+                for j in range(gs):
+                    dot += u8_to_f32(row[base + j]) * x[base + j]
                 acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
             out[r] = acc
 
@@ -127,7 +131,7 @@ def affine8_rows(wq, scales, biases, r0, rows, tile):
             s = to_f32(scales[r, g])
             b = to_f32(biases[r, g])
             for j in range(g * gs, (g + 1) * gs):
-                tile[i, j] = s * np.float32(wq[r, j]) + b
+                tile[i, j] = s * u8_to_f32(wq[r, j]) + b
 
 
 @njit(parallel=True, **JIT)
@@ -157,13 +161,6 @@ def affine_embed(wq, scales, biases, bits, ids, out):
 
 # -- FP8 e4m3, 2-D block scales -----------------------------------------------------------------
 
-@njit(**JIT)
-def e4m3_to_f32_unscaled(b):
-    # the e4m3 byte's value / 2**120 (sign kept), see the module docstring
-    u = np.uint32(b)
-    return bits_to_f32(((u & np.uint32(0x80)) << np.uint32(24)) | ((u & np.uint32(0x7F)) << np.uint32(20)))
-
-
 @njit(parallel=True, **JIT)
 def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
     # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (K,) f32
@@ -171,13 +168,22 @@ def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            row = wq[r]
+            srow = scale_inv[r // block_n]
             acc = np.float32(0.0)
-            for c in range(scale_inv.shape[1]):
+            n_full = k // block_k  # a fixed trip count keeps the inner loop vectorised
+            for c in range(n_full):
+                base = c * block_k
                 dot = np.float32(0.0)
-                for j in range(c * block_k, min(k, (c + 1) * block_k)):
-                    dot += e4m3_to_f32_unscaled(wq[r, j]) * x[j]
-                acc += to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE * dot
-            out[r] = acc
+                for j in range(block_k):
+                    dot += e4m3_unscaled(row[base + j]) * x[base + j]
+                acc += to_f32(srow[c]) * dot
+            if n_full < srow.shape[0]:
+                dot = np.float32(0.0)
+                for j in range(n_full * block_k, k):
+                    dot += e4m3_unscaled(row[j]) * x[j]
+                acc += to_f32(srow[n_full]) * dot
+            out[r] = acc * E4M3_RESCALE
 
 
 @njit(**JIT)
@@ -188,7 +194,7 @@ def fp8_rows(wq, scale_inv, block_n, block_k, r0, rows, tile):
         for c in range(scale_inv.shape[1]):
             s = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
             for j in range(c * block_k, min(k, (c + 1) * block_k)):
-                tile[i, j] = s * e4m3_to_f32_unscaled(wq[r, j])
+                tile[i, j] = s * e4m3_unscaled(wq[r, j])
 
 
 @njit(parallel=True, **JIT)
