@@ -48,12 +48,32 @@ def group_sums(x, xsum, gs):
 
 # -- affine int4 --------------------------------------------------------------------------------
 
+def _make_nibble_dot(hb):
+    # one group's dot product, sum_j lo(b_j) xe_j + hi(b_j) xo_j, with ``hb`` bytes as a
+    # compile-time constant: LLVM unrolls and vectorises it fully (about 30% faster than a
+    # runtime trip count, measured on the 151936x1024 lm_head)
+    @njit(inline="always", fastmath=True, nogil=True)
+    def dot(row, xe, xo, base):
+        acc = np.float32(0.0)
+        for j in range(hb):
+            b = row[base + j]
+            acc += nib_lo(b) * xe[base + j] + nib_hi(b) * xo[base + j]
+        return acc
+
+    return dot
+
+
+_nibble_dot16 = _make_nibble_dot(16)
+_nibble_dot32 = _make_nibble_dot(32)
+_nibble_dot64 = _make_nibble_dot(64)
+
+
 @njit(parallel=True, **JIT)
 def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
     # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype; xe, xo: (K/2,) f32; xsum: (G,) f32
     n = wq.shape[0]
     n_groups = scales.shape[1]
-    hb = wq.shape[1] // n_groups  # bytes per group
+    hb = wq.shape[1] // n_groups  # bytes per group: 16, 32 or 64
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
@@ -61,10 +81,12 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
             acc = np.float32(0.0)
             for g in range(n_groups):
                 base = g * hb
-                dot = np.float32(0.0)
-                for j in range(hb):
-                    b = row[base + j]
-                    dot += nib_lo(b) * xe[base + j] + nib_hi(b) * xo[base + j]
+                if hb == 32:
+                    dot = _nibble_dot32(row, xe, xo, base)
+                elif hb == 16:
+                    dot = _nibble_dot16(row, xe, xo, base)
+                else:
+                    dot = _nibble_dot64(row, xe, xo, base)
                 acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
             out[r] = acc
 
