@@ -48,6 +48,9 @@ class _Group(click.Group):
                 raise
             click.echo(f"edgeqwen: error: {e}", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # `edgeqwen info | head`: the reader left; not an error
+            sys.stderr.close()
+            os._exit(0)
         except KeyboardInterrupt:
             click.echo("\nedgeqwen: interrupted", err=True)
             sys.exit(130)
@@ -172,7 +175,8 @@ def _param_count(model) -> int:
 @main.command()
 @click.option("--preset", type=click.Choice(["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]),
               default="qwen3-0.6b", show_default=True)
-@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32", "fp8"]), default="bf16", show_default=True,
+              help="fp8: the official Qwen3 FP8 layout (e4m3 + 128x128 bf16 scale_inv tiles).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.argument("out_dir", type=click.Path())
 def synth(preset, dtype, seed, out_dir):

@@ -40,7 +40,8 @@ PRESETS = {
 GENERATION_CONFIG = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
                      "pad_token_id": 151643, "temperature": 0.6, "top_k": 20, "top_p": 0.95}
 
-ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
+ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32", "fp8": "F8_E4M3"}
+FP8_BLOCK = 128
 
 
 def preset_config(preset: str, **overrides) -> dict:
@@ -84,6 +85,33 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
+def f32_to_e4m3(x: np.ndarray) -> np.ndarray:
+    """Round float32 values (already within +-448) to the nearest e4m3 byte."""
+    from .quantize import _e4m3_table
+
+    table = _e4m3_table()[:0x7F]  # the 127 non-negative finite codes, ascending
+    mag = np.abs(x)
+    idx = np.clip(np.searchsorted(table, mag), 1, 0x7E)
+    lower = table[idx - 1]
+    idx = np.where(mag - lower < table[idx] - mag, idx - 1, idx)
+    return (idx | np.where(x < 0, 0x80, 0)).astype(np.uint8)
+
+
+def _fp8_tensor(name: str, shape, seed: int):
+    """(e4m3 bytes, bf16 scale_inv tiles) of a random matrix, as Qwen's FP8 releases store them."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    n, k = shape
+    w = rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02)
+    sn, sk = -(-n // FP8_BLOCK), -(-k // FP8_BLOCK)
+    pad = np.zeros((sn * FP8_BLOCK, sk * FP8_BLOCK), np.float32)
+    pad[:n, :k] = np.abs(w)
+    amax = pad.reshape(sn, FP8_BLOCK, sk, FP8_BLOCK).max(axis=(1, 3))
+    scale = f32_to_bf16(np.maximum(amax, 1e-12) / np.float32(448.0))
+    s32 = (scale.astype(np.uint32) << 16).view(np.float32)
+    full = np.repeat(np.repeat(s32, FP8_BLOCK, 0)[:n], FP8_BLOCK, 1)[:, :k]
+    return f32_to_e4m3(np.clip(w / full, -448, 448)), scale
+
+
 def _random_tensor(name: str, shape, dtype: str, seed: int, rows_per_chunk: int = 4096):
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     is_norm = len(shape) == 1
@@ -113,11 +141,21 @@ def synth_checkpoint(out_dir: str | os.PathLike, preset: str = "qwen3-0.6b", dty
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise EdgeQwenError(f"{out}: exists and is not empty")
-    cfg = preset_config(preset, torch_dtype={"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype],
-                        **overrides)
+    cfg = preset_config(preset, torch_dtype={"bf16": "bfloat16", "f16": "float16", "f32": "float32",
+                                             "fp8": "bfloat16"}[dtype], **overrides)
     specs = tensor_specs(cfg)
     itemsize = 4 if dtype == "f32" else 2
     total = sum(int(np.prod(s)) * itemsize for _, s in specs)
+    plan = []  # (name, safetensors dtype, shape)
+    for name, shape in specs:
+        if dtype == "fp8" and name.endswith("proj.weight"):
+            plan += [(name, "F8_E4M3", shape),
+                     (name + "_scale_inv", "BF16", (-(-shape[0] // FP8_BLOCK), -(-shape[1] // FP8_BLOCK)))]
+        else:
+            plan.append((name, "BF16" if dtype == "fp8" else ST_DTYPE[dtype], shape))
+    if dtype == "fp8":
+        cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                      "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -125,14 +163,23 @@ def synth_checkpoint(out_dir: str | os.PathLike, preset: str = "qwen3-0.6b", dty
     done = [0]
     shapes = dict(specs)
 
+    fp8_scales = {}
+
     def produce(name):
-        for chunk in _random_tensor(name, shapes[name], dtype, seed):
-            yield chunk
+        if name in fp8_scales:
+            yield fp8_scales.pop(name)
+            return
+        if dtype == "fp8" and name.endswith("proj.weight"):
+            q, scale = _fp8_tensor(name, shapes[name], seed)
+            fp8_scales[name + "_scale_inv"] = scale
+            yield q
+        else:
+            yield from _random_tensor(name, shapes[name], "bf16" if dtype == "fp8" else dtype, seed)
         done[0] += int(np.prod(shapes[name])) * itemsize
         if progress:
             progress(done[0], total)
 
-    write_safetensors(tmp / "model.safetensors", [(n, ST_DTYPE[dtype], s) for n, s in specs], produce,
+    write_safetensors(tmp / "model.safetensors", plan, produce,
                       metadata={"format": "pt", "edgeqwen_synth": f"{preset} seed={seed}"})
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
