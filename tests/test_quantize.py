@@ -67,14 +67,18 @@ def test_bad_group(tmp_path):
 
 
 def test_killed_run_leaves_no_model(tmp_path):
-    big = edgeqwen.synth_checkpoint(tmp_path / "src", "qwen3-0.6b", "bf16", num_hidden_layers=6)
+    big = edgeqwen.synth_checkpoint(tmp_path / "src", "qwen3-0.6b", "bf16", num_hidden_layers=12)
     dst = tmp_path / "dst"
+    partial = tmp_path / "dst.partial" / "model.safetensors.tmp"
     p = subprocess.Popen([sys.executable, "-m", "edgeqwen.cli", "quantize", str(big), str(dst)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.5)
+    deadline = time.time() + 60
+    while not (partial.exists() and partial.stat().st_size > 10_000_000) and time.time() < deadline:
+        time.sleep(0.05)
+    assert p.poll() is None, "quantize finished before it could be interrupted"
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert not dst.exists()
+    assert not dst.exists()  # only the .partial directory remains, never a DST that looks complete
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlx_lm") is None, reason="mlx-lm not installed")
