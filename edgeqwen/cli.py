@@ -133,6 +133,190 @@ def generate(model_path, prompt, max_tokens, temperature, top_k, top_p, min_p, p
                 f"ttft {last.ttft:.2f}s | finish: {last.finish_reason}")
 
 
+CHAT_HELP = """\
+/help              this list
+/reset             forget the conversation (keeps the system prompt)
+/system TEXT       set the system prompt (and reset)
+/think, /no_think  alone on a line: switch thinking mode; inside a message: for that message
+/stats             numbers for the session and the last reply
+/save FILE         write the conversation as JSON
+/load FILE         read a conversation saved with /save
+/exit              leave (Ctrl-D or Ctrl-C at an empty prompt too)"""
+
+
+def _dim(text: str) -> str:
+    return click.style(text, dim=True)
+
+
+def _chat_reply(session, text, hide_thinking: bool, show_stats: bool, tty: bool) -> None:
+    """Stream one reply to stdout: thinking dimmed (or a one-line indicator), answer plain, stats dim."""
+    events = session.turn(text)
+    state = None  # "think" | "answer"
+    try:
+        for ev in events:
+            if ev.kind == "notice":
+                if state is not None:
+                    click.echo()
+                click.echo(_dim(f"[{ev.text}]"), err=True)
+            elif ev.kind == "think":
+                if hide_thinking:
+                    if state != "think" and tty:
+                        click.echo(_dim("thinking…"), nl=False)
+                else:
+                    click.echo(_dim(ev.text), nl=False)
+                state = "think"
+            elif ev.kind == "answer":
+                if state == "think":
+                    if hide_thinking and tty:
+                        click.echo("\r\033[K", nl=False)
+                    elif not hide_thinking:
+                        click.echo()
+                state = "answer"
+                click.echo(ev.text, nl=False)
+            elif ev.kind == "done":
+                click.echo()
+                if show_stats:
+                    st = ev.stats
+                    click.echo(_dim(f"[prefill {st.prefilled} tok ({st.reused} cached) · TTFT {st.ttft:.2f}s · "
+                                    f"{st.generated} tok at {st.decode_tps:.1f} tok/s · {st.finish_reason}]"),
+                               err=not tty)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        events.close()  # keeps the partial reply in the history
+        click.echo()
+        click.echo(_dim("[interrupted]"), err=True)
+
+
+def _chat_command(session, line: str) -> bool:
+    """Run a slash command; False means leave the chat."""
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/exit", "/quit", "/bye"):
+        return False
+    if cmd == "/help":
+        click.echo(CHAT_HELP)
+    elif cmd == "/reset":
+        session.reset()
+        click.echo(_dim("[conversation cleared]"))
+    elif cmd == "/system":
+        session.system = arg or None
+        session.reset()
+        click.echo(_dim("[system prompt set; conversation cleared]" if arg else "[system prompt removed]"))
+    elif cmd == "/think":
+        session.enable_thinking = True
+        click.echo(_dim("[thinking on]"))
+    elif cmd == "/no_think":
+        session.enable_thinking = False
+        click.echo(_dim("[thinking off]"))
+    elif cmd == "/stats":
+        s = session.summary()
+        click.echo(f"turns {s['turns']} · cache {s['cache_used']}/{s['ctx']} tokens · "
+                   f"thinking {'on' if s['thinking'] else 'off'}")
+        last = s["last_turn"]
+        if last:
+            click.echo(f"last reply: prompt {last['prompt_tokens']} tok, prefilled {last['prefilled']} "
+                       f"({last['reused']} cached), TTFT {last['ttft']:.2f}s, {last['generated']} tok at "
+                       f"{last['decode_tps']:.1f} tok/s, {last['finish_reason']}")
+    elif cmd == "/save":
+        if not arg:
+            raise EdgeQwenError("/save needs a file name")
+        session.save(arg)
+        click.echo(_dim(f"[saved to {arg}]"))
+    elif cmd == "/load":
+        if not arg:
+            raise EdgeQwenError("/load needs a file name")
+        session.load(arg)
+        click.echo(_dim(f"[loaded {len(session.turns)} messages from {arg}]"))
+    else:
+        raise EdgeQwenError(f"unknown command {cmd} (try /help)")
+    return True
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line from the terminal, or None at end of input; Ctrl-C at the prompt also ends."""
+    try:
+        return input(prompt)
+    except (EOFError, KeyboardInterrupt):
+        click.echo()
+        return None
+
+
+@main.command()
+@MODEL
+@click.option("--ctx", type=int, default=None, help="Context length [default: min(model maximum, 4096)].")
+@click.option("--think/--no-think", default=True, show_default=True, help="Qwen3 thinking mode.")
+@click.option("--hide-thinking", is_flag=True, help="Show a one-line indicator instead of the thinking text.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--min-p", type=float, default=None)
+@click.option("--presence-penalty", type=float, default=None)
+@click.option("--seed", type=int, default=None, help="Make the session reproducible.")
+@click.option("-n", "--max-tokens", type=int, default=None, help="Tokens per reply at most [default: the context].")
+@click.option("--stats/--no-stats", default=True, show_default=True, help="A dim stats line after each reply.")
+@THREADS
+def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_p, min_p, presence_penalty, seed,
+         max_tokens, stats, threads):
+    """Chat with a model in the terminal (or answer one piped question)."""
+    from .session import ChatSession
+
+    model = _load(model_path, threads)
+    session = ChatSession(model, ctx=ctx, system=system, enable_thinking=think, seed=seed, max_tokens=max_tokens,
+                          sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                        presence_penalty=presence_penalty))
+    _warm_up(model)
+    tty_out = sys.stdout.isatty()
+    if not sys.stdin.isatty():
+        text = sys.stdin.buffer.read().decode("utf-8", errors="replace").strip()
+        if not text:
+            raise EdgeQwenError("no question on standard input")
+        _chat_reply(session, text, hide_thinking, stats, tty_out)
+        return
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    click.echo(_dim(f"edgeqwen chat · {Path(model_path).name} · ctx {session.ctx} · thinking "
+                    f"{'on' if session.enable_thinking else 'off'} · /help for commands"))
+    while True:
+        try:
+            line = _read_line(">>> ")
+        except UnicodeDecodeError:
+            click.echo(_dim("[that input was not valid UTF-8; try again]"), err=True)
+            continue
+        if line is None:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            words = line.split()
+            # "/think ..." with more text is a message carrying a soft switch; any other /word is a command
+            if words[0].startswith("/") and not (words[0] in ("/think", "/no_think") and len(words) > 1):
+                if not _chat_command(session, line):
+                    break
+                continue
+            _chat_reply(session, line, hide_thinking, stats, tty_out)
+        except EdgeQwenError as e:
+            click.echo(f"edgeqwen: {e}", err=True)
+
+
+def _warm_up(model) -> None:
+    """Run the kernels once so first-run JIT compilation shows as a status line, not a slow first reply."""
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+    if tty:
+        click.echo(_dim("preparing kernels (compiled once, then cached)…"), nl=False, err=True)
+    cache = model.new_cache(8)
+    model.forward([0, 1], cache)
+    model.forward([2], cache)
+    if tty:
+        click.echo("\r\033[K", nl=False, err=True)
+    if time.perf_counter() - t0 > 3:
+        _status(f"kernels compiled in {time.perf_counter() - t0:.1f}s (cached for next time)")
+
+
 @main.command()
 @MODEL
 def info(model_path):

@@ -97,9 +97,9 @@ class StreamDetokenizer:
         return ""
 
     def flush(self) -> str:
-        """Whatever is left at the end of the stream (an incomplete character is shown as U+FFFD)."""
+        """Whatever is left at the end of the stream; bytes of a character cut off by the end are dropped."""
         decode = self.tokenizer.decode
         shown = decode(self.ids[self.prefix:self.read], self.skip)
         full = decode(self.ids[self.prefix:], self.skip)
         self.prefix = self.read = len(self.ids)
-        return full[len(shown):]
+        return full[len(shown):].rstrip("\ufffd")

@@ -117,6 +117,40 @@ def tokenizer_golden():
     return [{"text": t, "ids": tok.encode(t, add_special_tokens=False)} for t in TEXTS]
 
 
+CONVERSATIONS = {
+    "single": [{"role": "user", "content": "Hi there!"}],
+    "system": [{"role": "system", "content": "You are a terse assistant."},
+               {"role": "user", "content": "Name three colours."}],
+    "multi-turn": [{"role": "user", "content": "What is 2+2?"},
+                   {"role": "assistant", "content": "4"},
+                   {"role": "user", "content": "And times 3?"}],
+    "history-with-thinking": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Is 17 prime?"},
+        {"role": "assistant", "content": "<think>\nCheck divisors up to 4.\n</think>\n\nYes, 17 is prime."},
+        {"role": "user", "content": "And 21? /no_think"},
+        {"role": "assistant", "content": "<think>\n\n</think>\n\nNo: 3 x 7."},
+        {"role": "user", "content": "Thanks! 你好 🤖"}],
+    "soft-switch": [{"role": "user", "content": "Explain RoPE /think"}],
+}
+
+
+def chat_golden():
+    """transformers' apply_chat_template strings for CONVERSATIONS, thinking on and off."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    out = []
+    for name, messages in CONVERSATIONS.items():
+        for thinking in (True, False):
+            for gen_prompt in (True, False):
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen_prompt,
+                                               enable_thinking=thinking)
+                out.append({"name": name, "messages": messages, "enable_thinking": thinking,
+                            "add_generation_prompt": gen_prompt, "text": text})
+    return out
+
+
 def sampling_golden():
     """Probabilities after transformers' temperature / top-k / top-p / min-p logits processors."""
     from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
@@ -145,6 +179,7 @@ def main():
     OUT.mkdir(parents=True)
     (OUT / "tokenizer.json").write_text(json.dumps(tokenizer_golden(), ensure_ascii=False, indent=1) + "\n")
     np.savez_compressed(OUT / "sampling.npz", **sampling_golden())
+    (OUT / "chat_template.json").write_text(json.dumps(chat_golden(), ensure_ascii=False, indent=1) + "\n")
     summary = {}
     for i, (name, (overrides, dtype, extra)) in enumerate(MODELS.items()):
         seed = 1000 + i
