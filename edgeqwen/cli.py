@@ -232,6 +232,30 @@ def _chat_command(session, line: str) -> bool:
     return True
 
 
+def _readline_history():
+    """Line editing for input(); history kept in the user's state directory. Returns a saver or None."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    path = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edgeqwen" / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+    except OSError:
+        return None
+    readline.set_history_length(1000)
+
+    def save(_line):
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    return save
+
+
 def _read_line(prompt: str) -> str | None:
     """One line from the terminal, or None at end of input; Ctrl-C at the prompt also ends."""
     try:
@@ -265,7 +289,7 @@ def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_
     session = ChatSession(model, ctx=ctx, system=system, enable_thinking=think, seed=seed, max_tokens=max_tokens,
                           sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                         presence_penalty=presence_penalty))
-    _warm_up(model)
+    _warm_up(model, session.cache)
     tty_out = sys.stdout.isatty()
     if not sys.stdin.isatty():
         text = sys.stdin.buffer.read().decode("utf-8", errors="replace").strip()
@@ -273,15 +297,14 @@ def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_
             raise EdgeQwenError("no question on standard input")
         _chat_reply(session, text, hide_thinking, stats, tty_out)
         return
-    try:
-        import readline  # noqa: F401  (line editing and history for input())
-    except ImportError:
-        pass
+    history = _readline_history()
     click.echo(_dim(f"edgeqwen chat · {Path(model_path).name} · ctx {session.ctx} · thinking "
                     f"{'on' if session.enable_thinking else 'off'} · /help for commands"))
     while True:
         try:
             line = _read_line(">>> ")
+            if line and history:
+                history(line)
         except UnicodeDecodeError:
             click.echo(_dim("[that input was not valid UTF-8; try again]"), err=True)
             continue
@@ -302,15 +325,19 @@ def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_
             click.echo(f"edgeqwen: {e}", err=True)
 
 
-def _warm_up(model) -> None:
-    """Run the kernels once so first-run JIT compilation shows as a status line, not a slow first reply."""
+def _warm_up(model, cache=None) -> None:
+    """Run the kernels once so first-run JIT compilation shows as a status line, not a slow first reply.
+
+    With ``cache`` given, its first pages are touched too (then it is emptied again).
+    """
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
     if tty:
         click.echo(_dim("preparing kernels (compiled once, then cached)…"), nl=False, err=True)
-    cache = model.new_cache(8)
+    cache = cache if cache is not None else model.new_cache(8)
     model.forward([0, 1], cache)
     model.forward([2], cache)
+    cache.reset()
     if tty:
         click.echo("\r\033[K", nl=False, err=True)
     if time.perf_counter() - t0 > 3:
