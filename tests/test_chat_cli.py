@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 
 def spawn(model_dir, *args):
-    env = dict(os.environ, NUMBA_NUM_THREADS="2", TERM="xterm")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", TERM="xterm", XDG_STATE_HOME=str(model_dir.parent / "state"))
     child = pexpect.spawn(sys.executable, ["-m", "edgeqwen.cli", "chat", "-m", str(model_dir), "--seed", "0",
                                            *args], env=env, encoding="utf-8", timeout=120, dimensions=(40, 200))
     child.expect_exact(">>> ")
