@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -342,6 +343,105 @@ def _warm_up(model, cache=None) -> None:
         click.echo("\r\033[K", nl=False, err=True)
     if time.perf_counter() - t0 > 3:
         _status(f"kernels compiled in {time.perf_counter() - t0:.1f}s (cached for next time)")
+
+
+@main.command()
+@MODEL
+@click.argument("in_path", metavar="IN.jsonl", type=click.Path(allow_dash=True))
+@click.argument("out_path", metavar="OUT.jsonl", type=click.Path(allow_dash=True))
+@click.option("-b", "--batch-size", type=int, default=8, show_default=True,
+              help="Sequences decoded together (each weight read serves all of them).")
+@click.option("-n", "--max-tokens", type=int, default=256, show_default=True, help="Default per request.")
+@click.option("--temperature", type=float, default=None, help="Default per request [default: greedy].")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--min-p", type=float, default=None)
+@click.option("--seed", type=int, default=None, help="Default seed for requests without one.")
+@click.option("--ctx", type=int, default=None, help="Context per sequence [default: min(model maximum, 4096)].")
+@THREADS
+def batch(model_path, in_path, out_path, batch_size, max_tokens, temperature, top_k, top_p, min_p, seed, ctx,
+          threads):
+    """Answer every request of IN.jsonl into OUT.jsonl (resumable; '-' is stdin / stdout).
+
+    \b
+    Input lines:  {"id": ..., "prompt": "raw text"} or {"id": ..., "messages": [{"role", "content"}, ...]}
+                  with optional max_tokens, temperature, top_k, top_p, min_p, presence_penalty, seed,
+                  enable_thinking, stop.
+    Output lines: {"id", "text", "thinking"?, "finish_reason", "prompt_tokens", "cached_prompt_tokens",
+                  "completion_tokens", "ttft_s", "decode_tps", "total_s"} or {"id", "error", "line"}.
+    """
+    from .batch import BatchRunner, answered, parse_request
+
+    if in_path == "-":
+        lines = sys.stdin.buffer.read().decode("utf-8", errors="replace").splitlines()
+    else:
+        try:
+            lines = Path(in_path).read_bytes().decode("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            raise EdgeQwenError(f"{in_path}: file not found") from None
+    done_ids, done_lines = answered(out_path) if out_path != "-" else (set(), set())
+    model = _load(model_path, threads)
+    runner = BatchRunner(model, batch_size, ctx)
+    defaults = dict(max_tokens=max_tokens, temperature=temperature or 0.0, top_k=top_k, top_p=top_p, min_p=min_p,
+                    seed=seed)
+    if out_path == "-":
+        def emit(obj):
+            sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    else:
+        fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+        def emit(obj):  # one write per line, appended: a kill never leaves half a line behind
+            os.write(fd, (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    requests, errors, seen = [], 0, {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            req = parse_request(line, n, model.tokenizer, defaults, runner.ctx)
+        except EdgeQwenError as e:
+            if n in done_lines:
+                continue
+            rid = None
+            try:
+                rid = json.loads(line).get("id")
+            except (json.JSONDecodeError, AttributeError):
+                pass
+            if rid is not None and json.dumps(rid) in done_ids:
+                continue
+            emit({"id": rid, "error": str(e), "line": n})
+            errors += 1
+            continue
+        key = json.dumps(req.id)
+        if key in seen:
+            click.echo(f"edgeqwen: line {n}: duplicate id {req.id!r} (first on line {seen[key]}); skipped", err=True)
+            continue
+        seen[key] = n
+        if key in done_ids:
+            continue
+        req.index = n
+        requests.append(req)
+    total = len(requests)
+    skipped = len(done_ids & set(seen))
+    if skipped:
+        _status(f"resuming: {skipped} request(s) already in {out_path}")
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+    done = 0
+    for result in runner.run(requests):
+        emit(result)
+        done += 1
+        if tty:
+            rate = runner.generated / max(time.perf_counter() - t0, 1e-9)
+            eta = (total - done) * (time.perf_counter() - t0) / done
+            click.echo(f"\r\033[K{done}/{total} · {rate:.1f} tok/s · ETA {eta:.0f}s", nl=False, err=True)
+    if tty:
+        click.echo(err=True)
+    elapsed = time.perf_counter() - t0
+    _status(f"{done} answered, {errors} error line(s) · {runner.generated} tokens in {elapsed:.1f}s "
+            f"({runner.generated / max(elapsed, 1e-9):.1f} tok/s, batch {batch_size}) · "
+            f"{runner.prefill_saved} prompt tokens reused from the cache")
 
 
 @main.command()

@@ -30,27 +30,38 @@ def available_memory() -> int | None:
         return None
 
 
-class KVCache:
-    """Keys and values of every layer for up to ``ctx`` positions; ``pos`` tokens are filled."""
+def _check(config: ModelConfig, ctx: int, slots: int = 1) -> None:
+    if ctx <= 0:
+        raise EdgeQwenError(f"context length must be positive, got {ctx}")
+    if ctx > config.max_position_embeddings:
+        raise EdgeQwenError(
+            f"context length {ctx} exceeds the model's max_position_embeddings {config.max_position_embeddings}"
+        )
+    need = slots * kv_cache_bytes(config, ctx)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        what = f"{slots} x {ctx}" if slots > 1 else f"{ctx}"
+        raise EdgeQwenError(
+            f"a KV cache of {what} positions needs {need / 2**30:.2f} GiB but only "
+            f"{avail / 2**30:.2f} GiB is available; use a smaller context"
+        )
 
-    def __init__(self, config: ModelConfig, ctx: int):
-        if ctx <= 0:
-            raise EdgeQwenError(f"context length must be positive, got {ctx}")
-        if ctx > config.max_position_embeddings:
-            raise EdgeQwenError(
-                f"context length {ctx} exceeds the model's max_position_embeddings {config.max_position_embeddings}"
-            )
-        need = kv_cache_bytes(config, ctx)
-        avail = available_memory()
-        if avail is not None and need > avail:
-            raise EdgeQwenError(
-                f"a KV cache of {ctx} positions needs {need / 2**30:.2f} GiB but only "
-                f"{avail / 2**30:.2f} GiB is available; use a smaller context"
-            )
-        # position-major, so the first tokens of a long context touch few pages
-        shape = (config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
-        self.k = np.zeros(shape, np.float32)  # (layers, ctx, kv_heads, head_dim)
-        self.v = np.zeros(shape, np.float32)  # (layers, ctx, kv_heads, head_dim)
+
+class KVCache:
+    """Keys and values of every layer for up to ``ctx`` positions; ``pos`` tokens are filled.
+
+    ``k``/``v`` may be given: views into a BatchKVCache slot.
+    """
+
+    def __init__(self, config: ModelConfig, ctx: int, k: np.ndarray | None = None, v: np.ndarray | None = None):
+        if k is None:
+            _check(config, ctx)
+            # position-major, so the first tokens of a long context touch few pages
+            shape = (config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
+            k = np.zeros(shape, np.float32)
+            v = np.zeros(shape, np.float32)
+        self.k = k  # (layers, ctx, kv_heads, head_dim)
+        self.v = v  # (layers, ctx, kv_heads, head_dim)
         self.ctx = ctx
         self.pos = 0
         self.tokens: list[int] = []  # the ids whose keys and values are cached, in order
@@ -67,3 +78,28 @@ class KVCache:
     @property
     def free(self) -> int:
         return self.ctx - self.pos
+
+
+class BatchKVCache:
+    """``slots`` sequences' caches in one array, so one kernel call serves every sequence of a batch.
+
+    ``seqs[s]`` is slot s as an ordinary KVCache (views, no copies) for prefill and bookkeeping.
+    """
+
+    def __init__(self, config: ModelConfig, slots: int, ctx: int):
+        _check(config, ctx, slots)
+        # slot-major: each slot is a C-contiguous (layers, ctx, kv_heads, head_dim) cache, so the
+        # single-sequence kernels see exactly the array layout they see with a plain KVCache
+        shape = (slots, config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
+        self.k = np.zeros(shape, np.float32)  # (slots, layers, ctx, kv_heads, head_dim)
+        self.v = np.zeros(shape, np.float32)  # (slots, layers, ctx, kv_heads, head_dim)
+        self.ctx = ctx
+        self.seqs = [KVCache(config, ctx, self.k[s], self.v[s]) for s in range(slots)]
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Give slot ``dst`` the first ``n`` cached positions of slot ``src`` (shared prompt prefixes)."""
+        self.k[dst, :, :n] = self.k[src, :, :n]
+        self.v[dst, :, :n] = self.v[src, :, :n]
+        d = self.seqs[dst]
+        d.pos = n
+        d.tokens = list(self.seqs[src].tokens[:n])

@@ -10,7 +10,7 @@ from .config import ModelConfig
 from .errors import EdgeQwenError
 from .kernels import attention as attn_k
 from .kernels import ops
-from .kvcache import KVCache
+from .kvcache import BatchKVCache, KVCache
 
 PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
 
@@ -150,11 +150,12 @@ class Qwen3Model:
         k2 = ws.k.reshape(t, -1)
         v2 = ws.v.reshape(t, -1)
         attn2 = ws.attn.reshape(t, -1)
+        mm = "matvec" if t == 1 else "matmul"  # decode kernel for one token, prefill kernel for more
         for li, layer in enumerate(self.layers):
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.q_proj.matmul(ws.h, q2)
-            layer.k_proj.matmul(ws.h, k2)
-            layer.v_proj.matmul(ws.h, v2)
+            getattr(layer.q_proj, mm)(ws.h, q2)
+            getattr(layer.k_proj, mm)(ws.h, k2)
+            getattr(layer.v_proj, mm)(ws.h, v2)
             if layer.q_bias is not None:
                 q2 += layer.q_bias
                 k2 += layer.k_bias
@@ -162,19 +163,65 @@ class Qwen3Model:
             ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
                                    self._cos, self._sin, start, cache.k[li], cache.v[li])
             attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
-            layer.o_proj.matmul(attn2, ws.o)
+            getattr(layer.o_proj, mm)(attn2, ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.gate_proj.matmul(ws.h, ws.gate)
-            layer.up_proj.matmul(ws.h, ws.up)
+            getattr(layer.gate_proj, mm)(ws.h, ws.gate)
+            getattr(layer.up_proj, mm)(ws.h, ws.up)
             ops.silu_mul(ws.gate, ws.up, ws.gate)
-            layer.down_proj.matmul(ws.gate, ws.o)
+            getattr(layer.down_proj, mm)(ws.gate, ws.o)
             ops.add_inplace(x, ws.o)
         cache.pos += t
         cache.tokens.extend(int(i) for i in ids)
         n = ws.logits.shape[0]
         ops.rmsnorm(x[t - n:], self.norm, cfg.rms_norm_eps, ws.h[:n])
-        self.lm_head.matmul(ws.h[:n], ws.logits)
+        getattr(self.lm_head, "matvec" if n == 1 else "matmul")(ws.h[:n], ws.logits)
+        return ws.logits
+
+    def forward_batch(self, tokens, cache: BatchKVCache, slots) -> np.ndarray:
+        """One decode step for several sequences: token b goes after what slot ``slots[b]`` holds.
+
+        Returns logits (B, V) in a reused buffer. Each sequence's numbers are exactly those of
+        ``forward`` with its own cache: the decode kernels compute every token on its own.
+        """
+        cfg = self.config
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        slots = np.ascontiguousarray(slots, dtype=np.int64).reshape(-1)
+        b = tokens.shape[0]
+        positions = np.array([cache.seqs[s].pos for s in slots], np.int64)
+        if positions.max() >= cache.ctx:
+            raise EdgeQwenError(f"a sequence of the batch is at the end of its context ({cache.ctx})")
+        self._rope(cache.ctx)
+        ws = self._workspace(b, b)
+        x = ws.x
+        self.embed_tokens.embed(tokens, x)
+        q2, k2, v2 = ws.q.reshape(b, -1), ws.k.reshape(b, -1), ws.v.reshape(b, -1)
+        for li, layer in enumerate(self.layers):
+            ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
+            layer.q_proj.matvec(ws.h, q2)
+            layer.k_proj.matvec(ws.h, k2)
+            layer.v_proj.matvec(ws.h, v2)
+            if layer.q_bias is not None:
+                q2 += layer.q_bias
+                k2 += layer.k_bias
+                v2 += layer.v_bias
+            ops.qk_norm_rope_store_slots(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
+                                         self._cos, self._sin, li, slots, positions, cache.k, cache.v)
+            attn_k.attention_slots(ws.q, cache.k, cache.v, li, slots, positions, ws.scores, ws.attn)
+            layer.o_proj.matvec(ws.attn.reshape(b, -1), ws.o)
+            ops.add_inplace(x, ws.o)
+            ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
+            layer.gate_proj.matvec(ws.h, ws.gate)
+            layer.up_proj.matvec(ws.h, ws.up)
+            ops.silu_mul(ws.gate, ws.up, ws.gate)
+            layer.down_proj.matvec(ws.gate, ws.o)
+            ops.add_inplace(x, ws.o)
+        for s, tok in zip(slots, tokens):
+            seq = cache.seqs[s]
+            seq.pos += 1
+            seq.tokens.append(int(tok))
+        ops.rmsnorm(x, self.norm, cfg.rms_norm_eps, ws.h)
+        self.lm_head.matvec(ws.h, ws.logits)
         return ws.logits
 
     def logits(self, token_ids) -> np.ndarray:

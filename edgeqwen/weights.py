@@ -1,8 +1,8 @@
 """Weight formats: what a stored tensor is, and which kernel multiplies by it.
 
 Every format exposes the same small surface to the model: ``shape`` (N, K), ``nbytes`` (bytes
-read per full pass, for GB/s accounting), ``matvec``/``matmul`` into a preallocated output and,
-for embedding tables, ``embed``.
+read per full pass, for GB/s accounting), ``matvec`` (decode: B tokens, each weight row read once)
+and ``matmul`` (prefill: T tokens) into a preallocated output, and, for embedding tables, ``embed``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,20 @@ from .storage import TensorStore
 DENSE_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 
+def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
+    """Run a prefill ``kernel(x, out)`` that wants a multiple of 4 tokens, zero-padding x if needed."""
+    t = x.shape[0]
+    if t % 4 == 0:
+        kernel(x, out)
+        return
+    t4 = (t + 3) // 4 * 4
+    xp = np.zeros((t4, x.shape[1]), np.float32)
+    xp[:t] = x
+    op = np.empty((t4, out.shape[1]), np.float32)
+    kernel(xp, op)
+    out[:] = op[:t]
+
+
 class Dense:
     """A bf16 / f16 / f32 matrix used exactly as stored (see kernels.numeric for the views)."""
 
@@ -26,15 +40,12 @@ class Dense:
         self.nbytes = data.nbytes
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out (N,) = W @ x (K,)."""
+        """out (B, N) = x (B, K) @ W.T for a few decode tokens."""
         linear.matvec(self.data, x, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out (T, N) = x (T, K) @ W.T; one token goes through the decode kernel."""
-        if x.shape[0] == 1:
-            linear.matvec(self.data, x[0], out[0])
-        else:
-            linear.matmul(self.data, x, out)
+        """out (T, N) = x (T, K) @ W.T for prefill."""
+        padded_matmul(lambda xp, op: linear.matmul(self.data, xp, op), x, out)
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
         """out (T, K) = rows ``ids`` of the table, as float32."""
@@ -84,27 +95,30 @@ class Affine:
         self.kind = f"int{bits}-g{group_size}"
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
-        k = self.shape[1]
-        self._xsum = np.empty(k // group_size, np.float32)  # (G,) group sums of the activation
-        if bits == 4:
-            self._xe = np.empty(k // 2, np.float32)  # (K/2,) x[0::2]
-            self._xo = np.empty(k // 2, np.float32)  # (K/2,) x[1::2]
+        self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
+
+    def _buffers(self, b: int):
+        bufs = self._prep.get(b)
+        if bufs is None:
+            k = self.shape[1]
+            xsum = np.empty((b, k // self.group_size), np.float32)  # (B, G) group sums of x
+            half = (b, k // 2) if self.bits == 4 else (0, 0)
+            # (B, K/2) x[:, 0::2] and x[:, 1::2] for the nibble kernels
+            bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
+        return bufs
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
-            quant.split_even_odd(x, self._xe, self._xo, self._xsum, self.group_size)
-            quant.affine4_matvec(self.wq, self.scales, self.biases, self._xe, self._xo, self._xsum, out)
+            quant.split_even_odd(x, xe, xo, xsum, self.group_size)
+            quant.affine4_matvec(self.wq, self.scales, self.biases, xe, xo, xsum, out)
         else:
-            quant.group_sums(x, self._xsum, self.group_size)
-            quant.affine8_matvec(self.wq, self.scales, self.biases, x, self._xsum, out)
+            quant.group_sums(x, xsum, self.group_size)
+            quant.affine8_matvec(self.wq, self.scales, self.biases, x, xsum, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
-        if x.shape[0] == 1:
-            self.matvec(x[0], out[0])
-        elif self.bits == 4:
-            quant.affine4_matmul(self.wq, self.scales, self.biases, x, out)
-        else:
-            quant.affine8_matmul(self.wq, self.scales, self.biases, x, out)
+        kernel = quant.affine4_matmul if self.bits == 4 else quant.affine8_matmul
+        padded_matmul(lambda xp, op: kernel(self.wq, self.scales, self.biases, xp, op), x, out)
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
         quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
@@ -134,10 +148,8 @@ class Fp8Block:
         quant.fp8_matvec(self.wq, self.scale_inv, self.block_n, self.block_k, x, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
-        if x.shape[0] == 1:
-            self.matvec(x[0], out[0])
-        else:
-            quant.fp8_matmul(self.wq, self.scale_inv, self.block_n, self.block_k, x, out)
+        padded_matmul(lambda xp, op: quant.fp8_matmul(self.wq, self.scale_inv, self.block_n, self.block_k, xp, op),
+                      x, out)
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
         tile = np.empty((1, self.shape[1]), np.float32)

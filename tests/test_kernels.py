@@ -5,6 +5,7 @@ import pytest
 
 from edgeqwen.kernels import attention, linear, ops
 from edgeqwen.synth import f32_to_bf16
+from edgeqwen.weights import Dense
 
 rng = np.random.default_rng(0)
 
@@ -22,12 +23,13 @@ def stored(w32, kind):
 
 @pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 13), (65, 33), (130, 257)])
-def test_matvec(kind, n, k):
+@pytest.mark.parametrize("b", [1, 3])
+def test_matvec(kind, n, k, b):
     w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
-    x = rng.standard_normal(k).astype(np.float32)
-    out = np.full(n, np.nan, np.float32)
+    x = rng.standard_normal((b, k)).astype(np.float32)
+    out = np.full((b, n), np.nan, np.float32)
     linear.matvec(w, x, out)
-    np.testing.assert_allclose(out, w32.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w32.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
@@ -36,8 +38,22 @@ def test_matmul(kind, t, n, k):
     w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
     x = rng.standard_normal((t, k)).astype(np.float32)
     out = np.full((t, n), np.nan, np.float32)
-    linear.matmul(w, x, out)
+    Dense(w, kind).matmul(x, out)
     np.testing.assert_allclose(out, x.astype(np.float64) @ w32.T, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tokens_numbers_do_not_depend_on_its_batch():
+    w, _ = stored(rng.standard_normal((67, 129)).astype(np.float32), "bf16")
+    d = Dense(w, "bf16")
+    x = rng.standard_normal((9, 129)).astype(np.float32)
+    one, five = np.empty((1, 67), np.float32), np.empty((5, 67), np.float32)
+    d.matvec(x[2:3], one)
+    d.matvec(x[:5], five)
+    assert np.array_equal(one[0], five[2])
+    a, b = np.empty((9, 67), np.float32), np.empty((3, 67), np.float32)
+    d.matmul(x, a)
+    d.matmul(x[6:], b)
+    assert np.array_equal(a[6:], b)
 
 
 def test_bf16_conversion_is_exact_for_every_pattern():

@@ -4,6 +4,9 @@
 threads and each row is one vectorised dot product. ``matmul`` is the prefill path (T tokens,
 compute bound): a block of weight rows is converted to float32 once into a per-thread tile
 and reused for every token, with a 4-row x 4-token register block in the inner loop.
+
+Both keep each output's arithmetic independent of how many tokens ride along, so batching and
+chunking never change a sequence's numbers.
 """
 
 import numpy as np
@@ -15,19 +18,27 @@ JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 64
 
 
+@njit(inline="always", **JIT)
+def _dot(wr, xb):
+    # one output: sum_j w[j] * x[j], the whole row in one vectorised reduction
+    acc = np.float32(0.0)
+    for j in range(wr.shape[0]):
+        acc += to_f32(wr[j]) * xb[j]
+    return acc
+
+
 @njit(parallel=True, **JIT)
 def matvec(w, x, out):
-    # w: (N, K) stored dtype; x: (K,) f32; out: (N,) f32
-    n, k = w.shape
+    # w: (N, K) stored dtype; x: (B, K) f32; out: (B, N) f32 -- B tokens of decode (B small)
+    # Each row of w is read from memory once and serves all B tokens from cache; each output is
+    # the same _dot whatever B is, so a sequence's numbers do not depend on its batch.
+    n = w.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
-        r0 = t * ROWS_PER_TASK
-        r1 = min(n, r0 + ROWS_PER_TASK)
-        for r in range(r0, r1):
-            acc = np.float32(0.0)
-            for j in range(k):
-                acc += to_f32(w[r, j]) * x[j]
-            out[r] = acc
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            wr = w[r]
+            for b in range(x.shape[0]):
+                out[b, r] = _dot(wr, x[b])
 
 
 TILE_ROWS = 32
@@ -35,18 +46,20 @@ TILE_ROWS = 32
 
 @njit(**JIT)
 def tile_matmul(tile, rows, x, out, r0):
-    # tile: (TILE_ROWS, K) f32, first ``rows`` valid; x: (T, K) f32; out[:, r0:r0+rows] = x @ tile.T
-    # Register block of 4 rows x 4 tokens: 8 loads feed 16 FMAs per k.
+    # tile: (TILE_ROWS, K) f32, first ``rows`` valid; x: (T4, K) f32 with T4 % 4 == 0 (zero-padded
+    # by the caller); out[:T4, r0:r0+rows] = x @ tile.T. Every output comes from the same 4x4
+    # register block (8 loads feed 16 FMAs per k), so a token's numbers do not depend on T or on
+    # its place in the batch. Rows past ``rows`` are zeroed and computed but never stored.
     k = tile.shape[1]
     t_len = x.shape[0]
-    t = 0
-    while t + 4 <= t_len:
+    for i in range(rows, (rows + 3) // 4 * 4):
+        tile[i, :] = 0.0
+    for t in range(0, t_len, 4):
         x0 = x[t]
         x1 = x[t + 1]
         x2 = x[t + 2]
         x3 = x[t + 3]
-        i = 0
-        while i + 4 <= rows:
+        for i in range(0, rows, 4):
             w0 = tile[i]
             w1 = tile[i + 1]
             w2 = tile[i + 2]
@@ -82,40 +95,29 @@ def tile_matmul(tile, rows, x, out, r0):
                 a33 += u * v3
             c = r0 + i
             out[t, c] = a00
-            out[t, c + 1] = a01
-            out[t, c + 2] = a02
-            out[t, c + 3] = a03
             out[t + 1, c] = a10
-            out[t + 1, c + 1] = a11
-            out[t + 1, c + 2] = a12
-            out[t + 1, c + 3] = a13
             out[t + 2, c] = a20
-            out[t + 2, c + 1] = a21
-            out[t + 2, c + 2] = a22
-            out[t + 2, c + 3] = a23
             out[t + 3, c] = a30
-            out[t + 3, c + 1] = a31
-            out[t + 3, c + 2] = a32
-            out[t + 3, c + 3] = a33
-            i += 4
-        for ii in range(i, rows):
-            for tt in range(t, t + 4):
-                acc = np.float32(0.0)
-                for j in range(k):
-                    acc += tile[ii, j] * x[tt, j]
-                out[tt, r0 + ii] = acc
-        t += 4
-    for tt in range(t, t_len):
-        for ii in range(rows):
-            acc = np.float32(0.0)
-            for j in range(k):
-                acc += tile[ii, j] * x[tt, j]
-            out[tt, r0 + ii] = acc
+            if i + 1 < rows:
+                out[t, c + 1] = a01
+                out[t + 1, c + 1] = a11
+                out[t + 2, c + 1] = a21
+                out[t + 3, c + 1] = a31
+            if i + 2 < rows:
+                out[t, c + 2] = a02
+                out[t + 1, c + 2] = a12
+                out[t + 2, c + 2] = a22
+                out[t + 3, c + 2] = a32
+            if i + 3 < rows:
+                out[t, c + 3] = a03
+                out[t + 1, c + 3] = a13
+                out[t + 2, c + 3] = a23
+                out[t + 3, c + 3] = a33
 
 
 @njit(parallel=True, **JIT)
 def matmul(w, x, out):
-    # w: (N, K) stored dtype; x: (T, K) f32; out: (T, N) f32
+    # w: (N, K) stored dtype; x: (T4, K) f32, T4 % 4 == 0; out: (T4, N) f32
     n, k = w.shape
     n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
     for task in prange(n_tasks):

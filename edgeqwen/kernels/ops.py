@@ -66,21 +66,37 @@ def _norm_rope_head(v, weight, eps, cos_p, sin_p):
         v[i + half] = b * cos_p[i] + a * sin_p[i]
 
 
+@njit(inline="always", **JIT)
+def _qk_token(qt, kt, vt, q_norm, k_norm, eps, cos_p, sin_p, kc_p, vc_p):
+    # one token: q (n_heads, hd) and k (n_kv, hd) normed and rotated in place; k, v stored to kc_p, vc_p
+    for h in range(qt.shape[0]):
+        _norm_rope_head(qt[h], q_norm, eps, cos_p, sin_p)
+    for h in range(kt.shape[0]):
+        _norm_rope_head(kt[h], k_norm, eps, cos_p, sin_p)
+        for j in range(kt.shape[1]):
+            kc_p[h, j] = kt[h, j]
+            vc_p[h, j] = vt[h, j]
+
+
 @njit(**JIT)
 def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache):
     # q: (T, n_heads, hd) f32, normed and rotated in place
     # k, v: (T, n_kv, hd) f32; k normed and rotated in place, then both stored
     # k_cache, v_cache: (ctx, n_kv, hd) f32, this layer's slice; positions start..start+T-1
-    t_len = q.shape[0]
-    for t in range(t_len):
+    for t in range(q.shape[0]):
         p = start + t
-        for h in range(q.shape[1]):
-            _norm_rope_head(q[t, h], q_norm, eps, cos[p], sin[p])
-        for h in range(k.shape[1]):
-            _norm_rope_head(k[t, h], k_norm, eps, cos[p], sin[p])
-            for j in range(k.shape[2]):
-                k_cache[p, h, j] = k[t, h, j]
-                v_cache[p, h, j] = v[t, h, j]
+        _qk_token(q[t], k[t], v[t], q_norm, k_norm, eps, cos[p], sin[p], k_cache[p], v_cache[p])
+
+
+@njit(**JIT)
+def qk_norm_rope_store_slots(q, k, v, q_norm, k_norm, eps, cos, sin, layer, slots, positions, k_cache, v_cache):
+    # token b of a batch sits at positions[b] of cache slot slots[b]
+    # q: (B, n_heads, hd); k, v: (B, n_kv, hd); k_cache, v_cache: (n_slots, layers, ctx, n_kv, hd)
+    for b in range(q.shape[0]):
+        p = positions[b]
+        sl = slots[b]
+        _qk_token(q[b], k[b], v[b], q_norm, k_norm, eps, cos[p], sin[p], k_cache[sl, layer, p],
+                  v_cache[sl, layer, p])
 
 
 @njit(**JIT)

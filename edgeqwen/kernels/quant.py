@@ -24,26 +24,24 @@ E4M3_RESCALE = np.float32(2.0 ** 120)
 # -- activation preparation (once per matvec, shared by every row) ----------------------------
 
 @njit(**JIT)
-def split_even_odd(x, xe, xo, xsum, gs):
-    # x: (K,) f32 -> xe, xo: (K/2,) elements 2j and 2j+1; xsum: (K/gs,) group sums of x
-    for j in range(xe.shape[0]):
-        xe[j] = x[2 * j]
-        xo[j] = x[2 * j + 1]
-    for g in range(xsum.shape[0]):
-        s = np.float32(0.0)
-        for j in range(g * gs, (g + 1) * gs):
-            s += x[j]
-        xsum[g] = s
+def group_sums(x, xsum, gs):
+    # x: (B, K) f32; xsum: (B, K/gs) f32 group sums
+    for b in range(x.shape[0]):
+        for g in range(xsum.shape[1]):
+            s = np.float32(0.0)
+            for j in range(g * gs, (g + 1) * gs):
+                s += x[b, j]
+            xsum[b, g] = s
 
 
 @njit(**JIT)
-def group_sums(x, xsum, gs):
-    # x: (K,) f32; xsum: (K/gs,) f32
-    for g in range(xsum.shape[0]):
-        s = np.float32(0.0)
-        for j in range(g * gs, (g + 1) * gs):
-            s += x[j]
-        xsum[g] = s
+def split_even_odd(x, xe, xo, xsum, gs):
+    # x: (B, K) f32 -> xe, xo: (B, K/2) elements 2j and 2j+1; xsum: (B, K/gs) group sums
+    for b in range(x.shape[0]):
+        for j in range(xe.shape[1]):
+            xe[b, j] = x[b, 2 * j]
+            xo[b, j] = x[b, 2 * j + 1]
+    group_sums(x, xsum, gs)
 
 
 # -- affine int4 --------------------------------------------------------------------------------
@@ -68,27 +66,33 @@ _nibble_dot32 = _make_nibble_dot(32)
 _nibble_dot64 = _make_nibble_dot(64)
 
 
+@njit(inline="always", **JIT)
+def _affine4_row(row, srow, brow, xe, xo, xsum, hb):
+    # one output of an int4 matrix: sum_g scale_g * dot_g + bias_g * xsum_g
+    acc = np.float32(0.0)
+    for g in range(srow.shape[0]):
+        base = g * hb
+        if hb == 32:
+            dot = _nibble_dot32(row, xe, xo, base)
+        elif hb == 16:
+            dot = _nibble_dot16(row, xe, xo, base)
+        else:
+            dot = _nibble_dot64(row, xe, xo, base)
+        acc += to_f32(srow[g]) * dot + to_f32(brow[g]) * xsum[g]
+    return acc
+
+
 @njit(parallel=True, **JIT)
 def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
-    # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype; xe, xo: (K/2,) f32; xsum: (G,) f32
+    # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype
+    # xe, xo: (B, K/2) f32 (split_even_odd); xsum: (B, G) f32; out: (B, N) f32
     n = wq.shape[0]
-    n_groups = scales.shape[1]
-    hb = wq.shape[1] // n_groups  # bytes per group: 16, 32 or 64
+    hb = wq.shape[1] // scales.shape[1]  # bytes per group: 16, 32 or 64
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            row = wq[r]
-            acc = np.float32(0.0)
-            for g in range(n_groups):
-                base = g * hb
-                if hb == 32:
-                    dot = _nibble_dot32(row, xe, xo, base)
-                elif hb == 16:
-                    dot = _nibble_dot16(row, xe, xo, base)
-                else:
-                    dot = _nibble_dot64(row, xe, xo, base)
-                acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
-            out[r] = acc
+            for b in range(out.shape[0]):
+                out[b, r] = _affine4_row(wq[r], scales[r], biases[r], xe[b], xo[b], xsum[b], hb)
 
 
 @njit(**JIT)
@@ -109,7 +113,7 @@ def affine4_rows(wq, scales, biases, r0, rows, tile):
 
 @njit(parallel=True, **JIT)
 def affine4_matmul(wq, scales, biases, x, out):
-    # x: (T, K) f32; out: (T, N) f32
+    # x: (T4, K) f32, T4 % 4 == 0; out: (T4, N) f32
     n = wq.shape[0]
     k = x.shape[1]
     n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
@@ -123,24 +127,28 @@ def affine4_matmul(wq, scales, biases, x, out):
 
 # -- affine int8 --------------------------------------------------------------------------------
 
+@njit(inline="always", **JIT)
+def _affine8_row(row, srow, brow, x, xsum, gs):
+    acc = np.float32(0.0)
+    for g in range(srow.shape[0]):
+        base = g * gs
+        dot = np.float32(0.0)
+        for j in range(gs):
+            dot += u8_to_f32(row[base + j]) * x[base + j]
+        acc += to_f32(srow[g]) * dot + to_f32(brow[g]) * xsum[g]
+    return acc
+
+
 @njit(parallel=True, **JIT)
 def affine8_matvec(wq, scales, biases, x, xsum, out):
-    # wq: (N, K) u8; scales, biases: (N, G); x: (K,) f32; xsum: (G,) f32
+    # wq: (N, K) u8; scales, biases: (N, G); x: (B, K) f32; xsum: (B, G) f32; out: (B, N) f32
     n, k = wq.shape
-    n_groups = scales.shape[1]
-    gs = k // n_groups
+    gs = k // scales.shape[1]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            row = wq[r]
-            acc = np.float32(0.0)
-            for g in range(n_groups):
-                base = g * gs
-                dot = np.float32(0.0)
-                for j in range(gs):
-                    dot += u8_to_f32(row[base + j]) * x[base + j]
-                acc += to_f32(scales[r, g]) * dot + to_f32(biases[r, g]) * xsum[g]
-            out[r] = acc
+            for b in range(out.shape[0]):
+                out[b, r] = _affine8_row(wq[r], scales[r], biases[r], x[b], xsum[b], gs)
 
 
 @njit(**JIT)
@@ -183,29 +191,34 @@ def affine_embed(wq, scales, biases, bits, ids, out):
 
 # -- FP8 e4m3, 2-D block scales -----------------------------------------------------------------
 
+@njit(inline="always", **JIT)
+def _fp8_row(row, srow, block_k, x):
+    k = row.shape[0]
+    acc = np.float32(0.0)
+    n_full = k // block_k  # a fixed trip count keeps the inner loop vectorised
+    for c in range(n_full):
+        base = c * block_k
+        dot = np.float32(0.0)
+        for j in range(block_k):
+            dot += e4m3_unscaled(row[base + j]) * x[base + j]
+        acc += to_f32(srow[c]) * dot
+    if n_full < srow.shape[0]:
+        dot = np.float32(0.0)
+        for j in range(n_full * block_k, k):
+            dot += e4m3_unscaled(row[j]) * x[j]
+        acc += to_f32(srow[n_full]) * dot
+    return acc * E4M3_RESCALE
+
+
 @njit(parallel=True, **JIT)
 def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
-    # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (K,) f32
-    n, k = wq.shape
+    # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (B, K) f32; out: (B, N)
+    n = wq.shape[0]
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            row = wq[r]
-            srow = scale_inv[r // block_n]
-            acc = np.float32(0.0)
-            n_full = k // block_k  # a fixed trip count keeps the inner loop vectorised
-            for c in range(n_full):
-                base = c * block_k
-                dot = np.float32(0.0)
-                for j in range(block_k):
-                    dot += e4m3_unscaled(row[base + j]) * x[base + j]
-                acc += to_f32(srow[c]) * dot
-            if n_full < srow.shape[0]:
-                dot = np.float32(0.0)
-                for j in range(n_full * block_k, k):
-                    dot += e4m3_unscaled(row[j]) * x[j]
-                acc += to_f32(srow[n_full]) * dot
-            out[r] = acc * E4M3_RESCALE
+            for b in range(out.shape[0]):
+                out[b, r] = _fp8_row(wq[r], scale_inv[r // block_n], block_k, x[b])
 
 
 @njit(**JIT)
