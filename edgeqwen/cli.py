@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import EdgeQwenError
 
@@ -442,6 +443,151 @@ def batch(model_path, in_path, out_path, batch_size, max_tokens, temperature, to
     _status(f"{done} answered, {errors} error line(s) · {runner.generated} tokens in {elapsed:.1f}s "
             f"({runner.generated / max(elapsed, 1e-9):.1f} tok/s, batch {batch_size}) · "
             f"{runner.prefill_saved} prompt tokens reused from the cache")
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", type=click.Path(), default=None, help="A model to measure.")
+@click.option("--preset", type=click.Choice(["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"]), default=None,
+              help="Measure a synthetic checkpoint in these shapes (made once, cached).")
+@click.option("--format", "fmt", type=click.Choice(["bf16", "int8", "int4", "fp8"]), default="bf16",
+              show_default=True, help="Weight format of the --preset checkpoint.")
+@click.option("-p", "--prompt", "n_prompt", type=int, default=128, show_default=True, help="Prompt tokens.")
+@click.option("-n", "--gen", "n_gen", type=int, default=64, show_default=True, help="Generated tokens.")
+@click.option("-r", "--repeats", type=int, default=3, show_default=True)
+@click.option("-t", "--threads", "thread_list", default=None, help="Thread counts, e.g. 1,2,4 [default: all cores].")
+@click.option("--ctx-depth", type=int, default=0, show_default=True, help="Tokens already in the cache when decoding.")
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True,
+              help="Also time new processes: first-run JIT compile and warm-cache start to first token.")
+@click.option("--vs-llama-cpp", is_flag=True, help="Run llama.cpp on the same weights (GGUF), interleaved.")
+@click.option("--json", "json_path", type=click.Path(allow_dash=True), default=None, help="Write results as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(allow_dash=True), default=None, help="Write rows as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Bar chart PNG (needs matplotlib).")
+@click.argument("compare", nargs=-1, type=click.Path(exists=True))
+def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_depth, cold_start, vs_llama_cpp,
+          json_path, csv_path, plot_path, compare):
+    """Measure prefill and decode speed next to the machine's memory bandwidth.
+
+    With JSON files from earlier runs as arguments (and --plot), chart them together instead.
+    """
+    import numba
+
+    from . import bench as B
+
+    if compare:
+        runs = [json.loads(Path(c).read_text()) for c in compare]
+        if not plot_path:
+            raise EdgeQwenError("give --plot FILE.png to chart earlier results")
+        B.plot(runs, plot_path)
+        click.echo(plot_path)
+        return
+    if (model_path is None) == (preset is None):
+        raise EdgeQwenError("give either -m MODEL or --preset NAME")
+    limit = numba.config.NUMBA_NUM_THREADS
+    try:
+        threads = [int(t) for t in thread_list.split(",")] if thread_list else [limit]
+    except ValueError:
+        raise EdgeQwenError(f"-t takes comma-separated thread counts, got {thread_list!r}") from None
+    for t in threads:
+        if not 1 <= t <= limit:
+            raise EdgeQwenError(f"-t {t}: thread counts must be between 1 and {limit} on this machine")
+    if min(n_prompt, n_gen, repeats) < 1 or ctx_depth < 0:
+        raise EdgeQwenError("-p, -n and -r must be at least 1 and --ctx-depth at least 0")
+    if preset:
+        _status(f"synthetic {preset} {fmt} (generated once under the user cache directory)")
+        model_path = str(B.synthetic_model(preset, fmt))
+    cold = {}
+    if cold_start:
+        _status("timing new processes (first-run compile, then warm cache)…")
+        cold = {"fresh_compile": B.cold_start(model_path, fresh_compile=True),
+                "warm_cache": B.cold_start(model_path)}
+    t0 = time.perf_counter()
+    from .loader import load
+
+    model = load(model_path, tokenizer=False)
+    load_s = time.perf_counter() - t0
+    llama = None
+    if vs_llama_cpp:
+        from .llamacpp import LlamaCpp, write_gguf
+
+        gtype = B.llama_cpp_type(fmt if preset else model.format_name.split("-")[0].split("/")[-1])
+        src = Path(model_path) if not preset else B.synthetic_model(preset, "bf16")
+        gguf_path = src / f"llama-cpp-{gtype}.gguf"
+        if not gguf_path.exists():
+            _status(f"writing {gguf_path.name} for llama.cpp…")
+            write_gguf(src, gguf_path, gtype)
+    rows = []
+    for t in threads:
+        bw = None
+        numba.set_num_threads(t)
+        bw = B.read_bandwidth()
+        row = B.bench_config(model, t, n_prompt, n_gen, repeats, ctx_depth, bw)
+        if vs_llama_cpp:
+            llama = LlamaCpp(gguf_path, t, n_ctx=ctx_depth + n_prompt + n_gen + 8)
+            ids = np.random.default_rng(0).integers(0, 150000, size=n_prompt)
+            llama.run(ids[:8], 2)
+            ours, theirs = [], []
+            for _ in range(repeats):  # interleaved so drift hits both
+                r = B.bench_config(model, t, n_prompt, n_gen, 1, ctx_depth)
+                ours.append((r["prefill_tps"], r["decode_tps"]))
+                theirs.append(llama.run(ids, n_gen))
+            lp = sum(x[0] for x in theirs) / repeats
+            ld = sum(x[1] for x in theirs) / repeats
+            op = sum(x[0] for x in ours) / repeats
+            od = sum(x[1] for x in ours) / repeats
+            row.update(llama_cpp_type=gtype, llama_cpp_prefill_tps=lp, llama_cpp_decode_tps=ld,
+                       ratio_prefill=op / lp, ratio_decode=od / ld)
+            del llama
+        rows.append(row)
+    result = {"model": model_path, "model_name": Path(model_path).name, "format": model.format_name,
+              "machine": B.machine_facts(), "load_s": load_s, "peak_rss_mib": B.peak_rss_mib(), "cold_start": cold,
+              "rows": rows}
+    _print_bench(result)
+    if json_path:
+        text = json.dumps(result, indent=2) + "\n"
+        sys.stdout.write(text) if json_path == "-" else Path(json_path).write_text(text)
+    if csv_path:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue()) if csv_path == "-" else Path(csv_path).write_text(buf.getvalue())
+    if plot_path:
+        B.plot([result], plot_path)
+
+
+def _print_bench(r: dict) -> None:
+    m = r["machine"]
+    out = sys.stderr
+    click.echo(f"{r['model']} · {r['format']} · {r['rows'][0]['bytes_per_token'] / 2**20:.0f} MiB read per token",
+               file=out)
+    click.echo(f"{m['cpu']} · {m['arch']} · {m['cores']} cores · {' '.join(m['simd'])}", file=out)
+    click.echo(f"python {m['python']} · numpy {m['numpy']} · numba {m['numba']} · threading {m['threading_layer']}",
+               file=out)
+    click.echo(f"load {r['load_s']:.2f}s · peak RSS {r['peak_rss_mib']:.0f} MiB", file=out)
+    for name, c in r["cold_start"].items():
+        if "error" in c:
+            click.echo(f"cold start ({name}): {c['error']}", file=out)
+        else:
+            click.echo(f"cold start ({name.replace('_', ' ')}): first token after {c['to_first_token_s']:.2f}s "
+                       f"(import {c['import_s']:.2f}s, load {c['load_s']:.2f}s, first prefill "
+                       f"{c['first_prefill_s']:.2f}s, first decode {c['first_decode_s']:.2f}s)", file=out)
+    head = (f"{'threads':>7s} {'depth':>6s} {'prefill tok/s':>16s} {'TTFT s':>7s} {'decode tok/s':>15s} "
+            f"{'GB/s':>6s} {'% of read bw':>12s}")
+    has_llama = "ratio_decode" in r["rows"][0]
+    if has_llama:
+        head += f" {'llama.cpp p/d':>15s} {'ratio p/d':>11s}"
+    click.echo(head)
+    for row in r["rows"]:
+        line = (f"{row['threads']:7d} {row['ctx_depth']:6d} {row['prefill_tps']:9.1f} ± {row['prefill_sd']:4.1f} "
+                f"{row['ttft_s']:7.3f} {row['decode_tps']:8.1f} ± {row['decode_sd']:4.1f} {row['decode_gbps']:6.1f} "
+                f"{row.get('pct_of_bandwidth', 0):8.0f}% of {row.get('read_bandwidth_gbps', 0):.0f}")
+        if has_llama:
+            line += (f" {row['llama_cpp_prefill_tps']:7.1f}/{row['llama_cpp_decode_tps']:<6.1f}"
+                     f" {row['ratio_prefill']:5.2f}/{row['ratio_decode']:<5.2f}")
+        click.echo(line)
 
 
 @main.command()

@@ -1,0 +1,32 @@
+"""`edgeqwen bench` runs end to end and reports every field scripts rely on (no timing asserts)."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_json_and_csv(tiny_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "-m", str(tiny_model_dir), "-p", "8", "-n", "4",
+                        "-r", "1", "-t", "1,2", "--no-cold-start", "--json", str(out), "--csv", "-"],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert [row["threads"] for row in r["rows"]] == [1, 2]
+    for key in ("prefill_tps", "decode_tps", "ttft_s", "bytes_per_token", "decode_gbps",
+                "read_bandwidth_gbps", "pct_of_bandwidth"):
+        assert all(row[key] > 0 for row in r["rows"]), key
+    assert all(row["decode_sd"] >= 0 for row in r["rows"])  # one repeat: sd 0
+    assert r["machine"]["cores"] >= 1 and r["machine"]["numba"] and r["peak_rss_mib"] > 0
+    assert r["rows"][0]["bytes_per_token"] == r["rows"][1]["bytes_per_token"]
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert len(rows) == 2 and "decode_tps" in rows[0]
+
+
+def test_bench_rejects_bad_threads(tiny_model_dir):
+    p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "-m", str(tiny_model_dir), "-t", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "thread counts must be between 1 and" in p.stderr and "Traceback" not in p.stderr
