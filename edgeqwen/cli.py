@@ -541,7 +541,8 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
     result = {"model": model_path, "model_name": Path(model_path).name, "format": model.format_name,
               "machine": B.machine_facts(), "load_s": load_s, "peak_rss_mib": B.peak_rss_mib(), "cold_start": cold,
               "rows": rows}
-    _print_bench(result)
+    # the table goes to stdout, unless stdout carries --json - / --csv -
+    _print_bench(result, sys.stderr if "-" in (json_path, csv_path) else sys.stdout)
     if json_path:
         text = json.dumps(result, indent=2) + "\n"
         sys.stdout.write(text) if json_path == "-" else Path(json_path).write_text(text)
@@ -558,9 +559,8 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
         B.plot([result], plot_path)
 
 
-def _print_bench(r: dict) -> None:
+def _print_bench(r: dict, out) -> None:
     m = r["machine"]
-    out = sys.stderr
     click.echo(f"{r['model']} · {r['format']} · {r['rows'][0]['bytes_per_token'] / 2**20:.0f} MiB read per token",
                file=out)
     click.echo(f"{m['cpu']} · {m['arch']} · {m['cores']} cores · {' '.join(m['simd'])}", file=out)
@@ -579,7 +579,7 @@ def _print_bench(r: dict) -> None:
     has_llama = "ratio_decode" in r["rows"][0]
     if has_llama:
         head += f" {'llama.cpp p/d':>15s} {'ratio p/d':>11s}"
-    click.echo(head)
+    click.echo(head, file=out)
     for row in r["rows"]:
         line = (f"{row['threads']:7d} {row['ctx_depth']:6d} {row['prefill_tps']:9.1f} ± {row['prefill_sd']:4.1f} "
                 f"{row['ttft_s']:7.3f} {row['decode_tps']:8.1f} ± {row['decode_sd']:4.1f} {row['decode_gbps']:6.1f} "
@@ -587,7 +587,7 @@ def _print_bench(r: dict) -> None:
         if has_llama:
             line += (f" {row['llama_cpp_prefill_tps']:7.1f}/{row['llama_cpp_decode_tps']:<6.1f}"
                      f" {row['ratio_prefill']:5.2f}/{row['ratio_decode']:<5.2f}")
-        click.echo(line)
+        click.echo(line, file=out)
 
 
 @main.command()
