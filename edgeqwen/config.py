@@ -45,6 +45,8 @@ class ModelConfig:
     eos_token_id: list[int] = field(default_factory=list)
     quantization: dict | None = None
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    qk_norm: bool = True  # Qwen3: per-head RMSNorm on q and k; Qwen2 / Llama have none
+    rope_interleaved: bool = False  # llama.cpp's llama layout rotates adjacent pairs (its Q/K rows are permuted)
 
     @property
     def kv_mul(self) -> int:
@@ -168,4 +170,49 @@ def load_config(directory: str | Path) -> ModelConfig:
             min_p=g.get("min_p"),
             do_sample=g.get("do_sample"),
         )
+    return cfg
+
+
+GGUF_ARCHITECTURES = ("qwen3", "qwen2", "llama")
+
+
+def config_from_gguf(gf) -> ModelConfig:
+    """ModelConfig from GGUF metadata (architectures qwen3, qwen2, llama)."""
+    where = str(gf.path)
+    arch = gf.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise EdgeQwenError(f"{where}: architecture {arch!r} is not supported (edgeqwen runs: "
+                            f"{', '.join(GGUF_ARCHITECTURES)})")
+
+    def need(key):
+        value = gf.get(f"{arch}.{key}")
+        if value is None:
+            raise EdgeQwenError(f"{where}: missing metadata {arch}.{key}")
+        return value
+
+    hidden = need("embedding_length")
+    heads = need("attention.head_count")
+    kv = gf.get(f"{arch}.attention.head_count_kv") or heads
+    if isinstance(heads, list) or isinstance(kv, list):
+        raise EdgeQwenError(f"{where}: per-layer head counts are not supported")
+    scaling = gf.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise EdgeQwenError(f"{where}: rope scaling {scaling!r} is not supported yet")
+    tokens = gf.get("tokenizer.ggml.tokens") or []
+    embd = gf.tensors.get("token_embd.weight")
+    vocab = embd[1][0] if embd else len(tokens)
+    eos = gf.get("tokenizer.ggml.eos_token_id")
+    cfg = ModelConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=need("feed_forward_length"),
+        num_hidden_layers=need("block_count"), num_attention_heads=heads, num_key_value_heads=kv,
+        head_dim=gf.get(f"{arch}.attention.key_length") or (hidden // heads if heads else 0),
+        rms_norm_eps=float(gf.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(gf.get(f"{arch}.rope.freq_base", 10000.0)),
+        max_position_embeddings=int(gf.get(f"{arch}.context_length", 4096)),
+        tie_word_embeddings="output.weight" not in gf.tensors, attention_bias="blk.0.attn_q.bias" in gf.tensors,
+        model_type=arch, torch_dtype="gguf", bos_token_id=gf.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=[eos] if eos is not None else [],
+        qk_norm=arch == "qwen3", rope_interleaved=arch == "llama",
+    )
+    cfg.validate(where)
     return cfg

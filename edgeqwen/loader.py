@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig, load_config
+from .config import ModelConfig, config_from_gguf, load_config
 from .errors import EdgeQwenError
 from .model import Layer, Qwen3Model
 from .storage import open_safetensors_dir
 from .tokenizer import Tokenizer
-from .weights import load_dense, load_linear, load_vector
+from .weights import load_dense, load_gguf_tensor, load_linear, load_vector
 
 
 def _bias(store, name, size):
@@ -72,11 +72,67 @@ def load(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
     if not path.exists():
         raise EdgeQwenError(f"{path}: no such file or directory")
     if path.is_file():
+        if path.suffix == ".gguf":
+            return load_gguf(path, tokenizer)
         if path.suffix == ".safetensors":
             path = path.parent
         else:
-            raise EdgeQwenError(f"{path}: unsupported model file (give a Hugging Face model directory)")
+            raise EdgeQwenError(f"{path}: unsupported model file (give a Hugging Face directory or a .gguf file)")
     cfg = load_config(path)
     store = open_safetensors_dir(path)
     tok = Tokenizer.from_dir(path, cfg) if tokenizer and (path / "tokenizer.json").exists() else None
     return build_model(cfg, store, tokenizer=tok, path=str(path))
+
+
+_GGUF_LAYER = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
+               "o_proj": "attn_output", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
+               "post_attention_layernorm": "ffn_norm", "gate_proj": "ffn_gate", "up_proj": "ffn_up",
+               "down_proj": "ffn_down"}
+
+
+def load_gguf(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
+    """Load a GGUF file (qwen3, qwen2 or llama architecture), tensors memory-mapped."""
+    from .storage.gguf import GGUFFile
+
+    gf = GGUFFile(path)
+    cfg = config_from_gguf(gf)
+    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+
+    def t(name, shape):
+        return load_gguf_tensor(gf, name, shape)
+
+    ones = np.ones(hd, np.float32)
+    layers = []
+    for li in range(cfg.num_hidden_layers):
+        p = f"blk.{li}."
+        layers.append(Layer(
+            input_layernorm=t(p + "attn_norm.weight", (h,)),
+            q_proj=t(p + "attn_q.weight", (cfg.q_dim, h)),
+            k_proj=t(p + "attn_k.weight", (cfg.kv_dim, h)),
+            v_proj=t(p + "attn_v.weight", (cfg.kv_dim, h)),
+            o_proj=t(p + "attn_output.weight", (h, cfg.q_dim)),
+            q_norm=t(p + "attn_q_norm.weight", (hd,)) if cfg.qk_norm else ones,
+            k_norm=t(p + "attn_k_norm.weight", (hd,)) if cfg.qk_norm else ones,
+            post_attention_layernorm=t(p + "ffn_norm.weight", (h,)),
+            gate_proj=t(p + "ffn_gate.weight", (i, h)),
+            up_proj=t(p + "ffn_up.weight", (i, h)),
+            down_proj=t(p + "ffn_down.weight", (h, i)),
+            q_bias=t(p + "attn_q.bias", (cfg.q_dim,)) if cfg.attention_bias else None,
+            k_bias=t(p + "attn_k.bias", (cfg.kv_dim,)) if cfg.attention_bias else None,
+            v_bias=t(p + "attn_v.bias", (cfg.kv_dim,)) if cfg.attention_bias else None,
+        ))
+    embed = t("token_embd.weight", (cfg.vocab_size, h))
+    lm_head = embed if cfg.tie_word_embeddings else t("output.weight", (cfg.vocab_size, h))
+    norm = t("output_norm.weight", (h,))
+    tok = None
+    if tokenizer and gf.get("tokenizer.ggml.tokens"):
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_gguf(gf, cfg)
+    kinds = sorted({embed.kind, lm_head.kind} | {getattr(layer, m).kind for layer in layers for m in
+                   ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")})
+    model = Qwen3Model(cfg, embed, layers, norm, lm_head, tokenizer=tok, path=str(path),
+                       format_name="gguf " + "/".join(kinds))
+    model.tensor_count = len(gf.tensors)
+    model.file_bytes = Path(path).stat().st_size
+    return model

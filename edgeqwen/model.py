@@ -24,7 +24,7 @@ class Layer:
     k_proj: object  # (n_kv * hd, H)
     v_proj: object  # (n_kv * hd, H)
     o_proj: object  # (H, n_heads * hd)
-    q_norm: np.ndarray  # (hd,)
+    q_norm: np.ndarray  # (hd,); ones (unused) for architectures without q/k norm
     k_norm: np.ndarray  # (hd,)
     post_attention_layernorm: np.ndarray  # (H,)
     gate_proj: object  # (I, H)
@@ -161,7 +161,8 @@ class Qwen3Model:
                 k2 += layer.k_bias
                 v2 += layer.v_bias
             ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
-                                   self._cos, self._sin, start, cache.k[li], cache.v[li])
+                                   self._cos, self._sin, start, cache.k[li], cache.v[li], cfg.qk_norm,
+                                   cfg.rope_interleaved)
             attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
             getattr(layer.o_proj, mm)(attn2, ws.o)
             ops.add_inplace(x, ws.o)
@@ -206,7 +207,8 @@ class Qwen3Model:
                 k2 += layer.k_bias
                 v2 += layer.v_bias
             ops.qk_norm_rope_store_slots(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
-                                         self._cos, self._sin, li, slots, positions, cache.k, cache.v)
+                                         self._cos, self._sin, li, slots, positions, cache.k, cache.v,
+                                         cfg.qk_norm, cfg.rope_interleaved)
             attn_k.attention_slots(ws.q, cache.k, cache.v, li, slots, positions, ws.scores, ws.attn)
             layer.o_proj.matvec(ws.attn.reshape(b, -1), ws.o)
             ops.add_inplace(x, ws.o)

@@ -51,6 +51,47 @@ class Tokenizer:
                 eos_ids.append(eid)
         return cls(backend, template, eos_ids, _token_text(tc.get("bos_token")), eos_token)
 
+    @classmethod
+    def from_gguf(cls, gf, config=None) -> "Tokenizer":
+        """A byte-level BPE tokenizer built from GGUF metadata (tokens, merges, token types, pre)."""
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        where = str(gf.path)
+        model = gf.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise EdgeQwenError(f"{where}: tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
+        tokens = gf.get("tokenizer.ggml.tokens") or []
+        merges = gf.get("tokenizer.ggml.merges") or []
+        types = gf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        pre = gf.get("tokenizer.ggml.pre", "default")
+        if pre not in PRE_TOKENIZERS:
+            raise EdgeQwenError(f"{where}: pre-tokenizer {pre!r} is not supported "
+                                f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
+        vocab = {}
+        for i, tok in enumerate(tokens):
+            vocab.setdefault(tok, i)
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        backend = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in ("llama-bpe",)))
+        splits = [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in PRE_TOKENIZERS[pre]]
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        backend.decoder = decoders.ByteLevel()
+        special = [AddedToken(tok, special=True, normalized=False) for tok, t in zip(tokens, types) if t in (3, 4)]
+        backend.add_special_tokens(special)
+        eos_ids = list(config.eos_ids()) if config is not None else []
+        eot = gf.get("tokenizer.ggml.eot_token_id")
+        if eot is not None and eot not in eos_ids:
+            eos_ids.append(eot)
+        im_end = vocab.get("<|im_end|>")
+        if im_end is not None and im_end not in eos_ids:
+            eos_ids.append(im_end)
+        eos = gf.get("tokenizer.ggml.eos_token_id")
+        bos = gf.get("tokenizer.ggml.bos_token_id")
+        return cls(backend, gf.get("tokenizer.chat_template"), eos_ids,
+                   tokens[bos] if bos is not None and bos < len(tokens) else None,
+                   tokens[eos] if eos is not None and eos < len(tokens) else None)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token strings in it become their ids."""
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -63,6 +104,16 @@ class Tokenizer:
 
     def detokenizer(self, skip_special_tokens: bool = False) -> "StreamDetokenizer":
         return StreamDetokenizer(self, skip_special_tokens)
+
+
+_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_QWEN2 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+          r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+_LLAMA3 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+           r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+# GGUF `tokenizer.ggml.pre` -> the regex splits applied before byte-level BPE (as llama.cpp does)
+PRE_TOKENIZERS = {"default": [_GPT2], "gpt2": [_GPT2], "qwen2": [_QWEN2], "llama-bpe": [_LLAMA3],
+                  "smollm": [r"\p{N}", _GPT2]}
 
 
 def _token_text(tok):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EdgeQwenError
-from .kernels import linear, ops, quant
+from .kernels import gguf_blocks, linear, ops, quant
 from .storage import TensorStore
 
 DENSE_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
@@ -263,3 +263,47 @@ def load_linear(store: TensorStore, module: str, shape: tuple[int, int], quantiz
                                 f"entry for it")
         return load_affine(store, module, shape, *params)
     return load_dense(store, wname, shape)
+
+
+GGUF_BLOCK_IDS = {"Q8_0": gguf_blocks.Q8_0, "Q4_0": gguf_blocks.Q4_0, "Q4_1": gguf_blocks.Q4_1,
+                  "Q4_K": gguf_blocks.Q4_K, "Q6_K": gguf_blocks.Q6_K}
+
+
+class Blocks:
+    """A llama.cpp block-quantized matrix (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) on its mapped bytes."""
+
+    def __init__(self, raw: np.ndarray, kind: str, shape: tuple[int, int]):
+        self.raw = raw  # (N, row_bytes) uint8
+        self.kind = kind
+        self.qtype = GGUF_BLOCK_IDS[kind]
+        self.shape = shape
+        self.nbytes = raw.nbytes
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        gguf_blocks.blocks_matvec(self.raw, self.qtype, x, out)
+
+    def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
+        padded_matmul(lambda xp, op: gguf_blocks.blocks_matmul(self.raw, self.qtype, xp, op), x, out)
+
+    def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
+        gguf_blocks.blocks_embed(self.raw, self.qtype, ids, out)
+
+    def row_f32(self) -> np.ndarray:
+        out = np.empty(self.shape, np.float32)
+        gguf_blocks.blocks_embed(self.raw, self.qtype, np.arange(self.shape[0], dtype=np.int64), out)
+        return out
+
+
+def load_gguf_tensor(gf, name: str, shape: tuple[int, ...]):
+    """A GGUF tensor as a weight (matrices) or a float32-view vector (norms, biases), shape-checked."""
+    if name not in gf.tensors:
+        raise EdgeQwenError(f"{gf.path}: tensor {name!r} is missing")
+    kind, got, data = gf.tensors[name]
+    if tuple(got) != tuple(shape):
+        raise EdgeQwenError(f"{gf.path}: tensor {name!r} has shape {list(got)}, the metadata implies {list(shape)}")
+    if kind in GGUF_BLOCK_IDS:
+        if len(shape) != 2:
+            raise EdgeQwenError(f"{gf.path}: tensor {name!r} is {kind} but not a matrix")
+        return Blocks(data, kind, shape)
+    dense = Dense(data, {"F32": "f32", "F16": "f16", "BF16": "bf16"}[kind])
+    return dense if len(shape) == 2 else dense.row_f32()

@@ -105,7 +105,7 @@ def test_qk_norm_rope_store():
     kc = np.zeros((ctx, nkv, hd), np.float32)
     vc = np.zeros_like(kc)
     q0, k0 = q.copy(), k.copy()
-    ops.qk_norm_rope_store(q, k, v, qn, kn, 1e-6, cos, sin, start, kc, vc)
+    ops.qk_norm_rope_store(q, k, v, qn, kn, 1e-6, cos, sin, start, kc, vc, True, False)
 
     def norm(x, w):
         return w * x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-6)

@@ -49,54 +49,65 @@ def rope_tables(theta, head_dim, n_pos, cos, sin):
 
 
 @njit(**JIT)
-def _norm_rope_head(v, weight, eps, cos_p, sin_p):
-    # v: (head_dim,) f32, in place: per-head RMSNorm, then split-half (NeoX) rotation
+def _norm_rope_head(v, weight, eps, cos_p, sin_p, use_norm, interleaved):
+    # v: (head_dim,) f32, in place: per-head RMSNorm (Qwen3), then RoPE -- split-half (NeoX, Hugging
+    # Face layout) or on adjacent pairs (llama.cpp's permuted llama layout)
     hd = v.shape[0]
     half = hd // 2
-    ss = np.float32(0.0)
-    for j in range(hd):
-        ss += v[j] * v[j]
-    inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(hd) + np.float32(eps)))
-    for j in range(hd):
-        v[j] = to_f32(weight[j]) * (v[j] * inv)
-    for i in range(half):
-        a = v[i]
-        b = v[i + half]
-        v[i] = a * cos_p[i] - b * sin_p[i]
-        v[i + half] = b * cos_p[i] + a * sin_p[i]
+    if use_norm:
+        ss = np.float32(0.0)
+        for j in range(hd):
+            ss += v[j] * v[j]
+        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(hd) + np.float32(eps)))
+        for j in range(hd):
+            v[j] = to_f32(weight[j]) * (v[j] * inv)
+    if interleaved:
+        for i in range(half):
+            a = v[2 * i]
+            b = v[2 * i + 1]
+            v[2 * i] = a * cos_p[i] - b * sin_p[i]
+            v[2 * i + 1] = b * cos_p[i] + a * sin_p[i]
+    else:
+        for i in range(half):
+            a = v[i]
+            b = v[i + half]
+            v[i] = a * cos_p[i] - b * sin_p[i]
+            v[i + half] = b * cos_p[i] + a * sin_p[i]
 
 
 @njit(inline="always", **JIT)
-def _qk_token(qt, kt, vt, q_norm, k_norm, eps, cos_p, sin_p, kc_p, vc_p):
+def _qk_token(qt, kt, vt, q_norm, k_norm, eps, cos_p, sin_p, kc_p, vc_p, use_norm, interleaved):
     # one token: q (n_heads, hd) and k (n_kv, hd) normed and rotated in place; k, v stored to kc_p, vc_p
     for h in range(qt.shape[0]):
-        _norm_rope_head(qt[h], q_norm, eps, cos_p, sin_p)
+        _norm_rope_head(qt[h], q_norm, eps, cos_p, sin_p, use_norm, interleaved)
     for h in range(kt.shape[0]):
-        _norm_rope_head(kt[h], k_norm, eps, cos_p, sin_p)
+        _norm_rope_head(kt[h], k_norm, eps, cos_p, sin_p, use_norm, interleaved)
         for j in range(kt.shape[1]):
             kc_p[h, j] = kt[h, j]
             vc_p[h, j] = vt[h, j]
 
 
 @njit(**JIT)
-def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache):
+def qk_norm_rope_store(q, k, v, q_norm, k_norm, eps, cos, sin, start, k_cache, v_cache, use_norm, interleaved):
     # q: (T, n_heads, hd) f32, normed and rotated in place
     # k, v: (T, n_kv, hd) f32; k normed and rotated in place, then both stored
     # k_cache, v_cache: (ctx, n_kv, hd) f32, this layer's slice; positions start..start+T-1
     for t in range(q.shape[0]):
         p = start + t
-        _qk_token(q[t], k[t], v[t], q_norm, k_norm, eps, cos[p], sin[p], k_cache[p], v_cache[p])
+        _qk_token(q[t], k[t], v[t], q_norm, k_norm, eps, cos[p], sin[p], k_cache[p], v_cache[p], use_norm,
+                  interleaved)
 
 
 @njit(**JIT)
-def qk_norm_rope_store_slots(q, k, v, q_norm, k_norm, eps, cos, sin, layer, slots, positions, k_cache, v_cache):
+def qk_norm_rope_store_slots(q, k, v, q_norm, k_norm, eps, cos, sin, layer, slots, positions, k_cache, v_cache,
+                             use_norm, interleaved):
     # token b of a batch sits at positions[b] of cache slot slots[b]
     # q: (B, n_heads, hd); k, v: (B, n_kv, hd); k_cache, v_cache: (n_slots, layers, ctx, n_kv, hd)
     for b in range(q.shape[0]):
         p = positions[b]
         sl = slots[b]
         _qk_token(q[b], k[b], v[b], q_norm, k_norm, eps, cos[p], sin[p], k_cache[sl, layer, p],
-                  v_cache[sl, layer, p])
+                  v_cache[sl, layer, p], use_norm, interleaved)
 
 
 @njit(**JIT)
