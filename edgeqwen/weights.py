@@ -278,9 +278,14 @@ class Blocks:
         self.qtype = GGUF_BLOCK_IDS[kind]
         self.shape = shape
         self.nbytes = raw.nbytes
+        self._xsum: dict[int, np.ndarray] = {}  # B -> (B, K/32) block sums of the activations
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        gguf_blocks.blocks_matvec(self.raw, self.qtype, x, out)
+        xsum = self._xsum.get(x.shape[0])
+        if xsum is None:
+            xsum = self._xsum[x.shape[0]] = np.empty((x.shape[0], self.shape[1] // 32), np.float32)
+        quant.group_sums(x, xsum, 32)
+        gguf_blocks.blocks_matvec(self.raw, self.qtype, x, xsum, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         padded_matmul(lambda xp, op: gguf_blocks.blocks_matmul(self.raw, self.qtype, xp, op), x, out)

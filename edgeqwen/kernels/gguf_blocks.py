@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import to_f32
+from .simd import byte_dot, nibble_dot
 
 JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
@@ -107,18 +108,51 @@ def _dotf(w, x):
     return acc
 
 
+@njit(inline="always", **JIT)
+def _block_scales(raw, size, d, m, is_q4_1):
+    # per-block f16 scale (and Q4_1 min; Q4_0's implicit min is -8 d) of one row -> float32
+    for b in range(d.shape[0]):
+        o = b * size
+        d[b] = _f16(raw, o)
+        m[b] = _f16(raw, o + 2) if is_q4_1 else np.float32(-8.0) * d[b]
+
+
+@njit(inline="always", **JIT)
+def _min_term(m, xsum):
+    acc = np.float32(0.0)
+    for b in range(m.shape[0]):
+        acc += m[b] * xsum[b]
+    return acc
+
+
 @njit(parallel=True, **JIT)
-def blocks_matvec(raw, qtype, x, out):
-    # raw: (N, row_bytes) u8; x: (B, K) f32; out: (B, N) f32
+def blocks_matvec(raw, qtype, x, xsum, out):
+    # raw: (N, row_bytes) u8; x: (B, K) f32; xsum: (B, K/32) f32 block sums of x; out: (B, N) f32
     n = raw.shape[0]
     k = x.shape[1]
+    n_blocks = k // 32
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
-        row = np.empty(k, np.float32)
+        row = np.empty(k if qtype == Q4_K or qtype == Q6_K else 0, np.float32)
+        d = np.empty(n_blocks, np.float32)
+        m = np.empty(n_blocks, np.float32)
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            deq_row(raw[r], qtype, row)
-            for b in range(x.shape[0]):
-                out[b, r] = _dotf(row, x[b])
+            if qtype == Q4_0 or qtype == Q4_1:
+                size = 18 if qtype == Q4_0 else 20
+                _block_scales(raw[r], size, d, m, qtype == Q4_1)
+                for b in range(x.shape[0]):
+                    # codes after the header; byte j holds element j (low) and j + 16 (high)
+                    out[b, r] = (nibble_dot(raw[r], size, size - 16, x[b], 0, x[b], 16, 32, d, n_blocks, 16)
+                                 + _min_term(m, xsum[b]))
+            elif qtype == Q8_0:
+                for bl in range(n_blocks):
+                    d[bl] = _f16(raw[r], bl * 34)
+                for b in range(x.shape[0]):
+                    out[b, r] = byte_dot(raw[r], 34, 2, x[b], 32, d, n_blocks, 32, True)
+            else:
+                deq_row(raw[r], qtype, row)
+                for b in range(x.shape[0]):
+                    out[b, r] = _dotf(row, x[b])
 
 
 @njit(parallel=True, **JIT)

@@ -82,6 +82,8 @@ def _i32(v):
 nib_lo = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.and_(u, _i32(15)), ir.FloatType()))
 nib_hi = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.lshr(u, _i32(4)), ir.FloatType()))
 u8_to_f32 = _u8_intrinsic(lambda bld, u: bld.uitofp(u, ir.FloatType()))
+# the byte read as a signed int8
+i8_to_f32 = _u8_intrinsic(lambda bld, u: bld.sitofp(bld.trunc(u, ir.IntType(8)), ir.FloatType()))
 # an e4m3 byte's value / 2**120: sign to bit 31, exponent+mantissa to bits 20..26 (see kernels.quant)
 e4m3_unscaled = _u8_intrinsic(lambda bld, u: bld.bitcast(
     bld.or_(bld.shl(bld.and_(u, _i32(0x80)), _i32(24)), bld.shl(bld.and_(u, _i32(0x7F)), _i32(20))),
