@@ -48,6 +48,14 @@ def rope_tables(theta, head_dim, n_pos, cos, sin):
             sin[p, i] = np.float32(math.sin(angle))
 
 
+@njit(cache=True, nogil=True)  # no fastmath: a strict-order sum, so every caller gets the same bits
+def _sum_squares(v):
+    ss = np.float32(0.0)
+    for j in range(v.shape[0]):
+        ss += v[j] * v[j]
+    return ss
+
+
 @njit(**JIT)
 def _norm_rope_head(v, weight, eps, cos_p, sin_p, use_norm, interleaved):
     # v: (head_dim,) f32, in place: per-head RMSNorm (Qwen3), then RoPE -- split-half (NeoX, Hugging
@@ -55,9 +63,7 @@ def _norm_rope_head(v, weight, eps, cos_p, sin_p, use_norm, interleaved):
     hd = v.shape[0]
     half = hd // 2
     if use_norm:
-        ss = np.float32(0.0)
-        for j in range(hd):
-            ss += v[j] * v[j]
+        ss = _sum_squares(v)
         inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(hd) + np.float32(eps)))
         for j in range(hd):
             v[j] = to_f32(weight[j]) * (v[j] * inv)
