@@ -57,6 +57,31 @@ def _hsum(builder, vec):
     return total
 
 
+def _group_loop(builder, ng, chunk_count, cbase_of, body, sp, n_acc):
+    """for g < ng: partials = 0; for each 16-lane chunk: body(...) adds into ``n_acc`` partials
+    (independent chains, so FMA latency overlaps); acc[i] += scale[g] * partial[i]. Returns sum."""
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
+    parts = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
+    with cgutils.for_range(builder, ng) as g_loop:
+        g = g_loop.index
+        for part in parts:
+            builder.store(ir.Constant(_VF, None), part)
+        with cgutils.for_range(builder, chunk_count) as c_loop:
+            body(builder, g, c_loop.index, parts)
+        s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
+        for acc, part in zip(accs, parts):
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(s, builder.load(part), flags=_FAST),
+                                       flags=_FAST), acc)
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc), flags=_FAST)
+    return _hsum(builder, total)
+
+
+def _fma_into(builder, part, a, b):
+    builder.store(builder.fadd(builder.load(part), builder.fmul(a, b, flags=_FAST), flags=_FAST), part)
+
+
 @intrinsic
 def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes):
     """sum_g scales[g] * sum_j (lo(b_gj) * xl[xl_off + g*x_stride + j] + hi(b_gj) * xh[xh_off + ...]).
@@ -77,34 +102,19 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
         xhp = _ptr(context, builder, at[5], args[5])
         sp = _ptr(context, builder, at[8], args[8])
         cs, co, xlo, xho, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7, 9, 10))
-        acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
-        part_ptr = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
         fifteen = ir.Constant(_VI32, [15] * LANES)
         four = ir.Constant(_VI32, [4] * LANES)
-        n_chunks = builder.udiv(gb, ir.Constant(_I64, LANES))
-        with cgutils.for_range(builder, ng) as g_loop:
-            g = g_loop.index
-            builder.store(ir.Constant(_VF, None), part_ptr)
-            cbase = builder.add(builder.mul(g, cs), co)
-            xbase = builder.mul(g, xs)
-            with cgutils.for_range(builder, n_chunks) as c_loop:
-                step = builder.mul(c_loop.index, ir.Constant(_I64, LANES))
-                raw = _load_vec(builder, cp, builder.add(cbase, step), _VI8, 1)
-                wide = builder.zext(raw, _VI32)
-                lo = builder.uitofp(builder.and_(wide, fifteen), _VF)
-                hi = builder.uitofp(builder.lshr(wide, four), _VF)
-                xoff = builder.add(xbase, step)
-                vl = _load_vec(builder, xlp, builder.add(xlo, xoff), _VF, 4)
-                vh = _load_vec(builder, xhp, builder.add(xho, xoff), _VF, 4)
-                part = builder.load(part_ptr)
-                part = builder.fadd(part, builder.fmul(lo, vl, flags=_FAST), flags=_FAST)
-                part = builder.fadd(part, builder.fmul(hi, vh, flags=_FAST), flags=_FAST)
-                builder.store(part, part_ptr)
-            s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
-            acc = builder.fadd(builder.load(acc_ptr), builder.fmul(s, builder.load(part_ptr), flags=_FAST),
-                               flags=_FAST)
-            builder.store(acc, acc_ptr)
-        return _hsum(builder, builder.load(acc_ptr))
+
+        def body(b, g, c, parts):
+            step = b.mul(c, ir.Constant(_I64, LANES))
+            raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
+            wide = b.zext(raw, _VI32)
+            xoff = b.add(b.mul(g, xs), step)
+            # low and high nibbles feed separate accumulators: two independent FMA chains
+            _fma_into(b, parts[0], b.uitofp(b.and_(wide, fifteen), _VF), _load_vec(b, xlp, b.add(xlo, xoff), _VF, 4))
+            _fma_into(b, parts[1], b.uitofp(b.lshr(wide, four), _VF), _load_vec(b, xhp, b.add(xho, xoff), _VF, 4))
+
+        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, LANES)), None, body, sp, 2)
 
     return sig, codegen
 
@@ -126,25 +136,17 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
         xp = _ptr(context, builder, at[3], args[3])
         sp = _ptr(context, builder, at[5], args[5])
         cs, co, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7))
-        acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
-        part_ptr = cgutils.alloca_once_value(builder, ir.Constant(_VF, None))
-        n_chunks = builder.udiv(gb, ir.Constant(_I64, LANES))
-        with cgutils.for_range(builder, ng) as g_loop:
-            g = g_loop.index
-            builder.store(ir.Constant(_VF, None), part_ptr)
-            cbase = builder.add(builder.mul(g, cs), co)
-            xbase = builder.mul(g, xs)
-            with cgutils.for_range(builder, n_chunks) as c_loop:
-                step = builder.mul(c_loop.index, ir.Constant(_I64, LANES))
-                raw = _load_vec(builder, cp, builder.add(cbase, step), _VI8, 1)
-                q = builder.sitofp(raw, _VF) if is_signed else builder.uitofp(raw, _VF)
-                xv = _load_vec(builder, xp, builder.add(xbase, step), _VF, 4)
-                part = builder.fadd(builder.load(part_ptr), builder.fmul(q, xv, flags=_FAST), flags=_FAST)
-                builder.store(part, part_ptr)
-            s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
-            acc = builder.fadd(builder.load(acc_ptr), builder.fmul(s, builder.load(part_ptr), flags=_FAST),
-                               flags=_FAST)
-            builder.store(acc, acc_ptr)
-        return _hsum(builder, builder.load(acc_ptr))
+        half = ir.Constant(_I64, LANES // 2)
+
+        def body(b, g, c, parts):
+            # two 16-byte chunks per step into two accumulators (group_bytes is a multiple of 32)
+            for k in range(2):
+                step = b.add(b.mul(c, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, k * LANES))
+                raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
+                q = b.sitofp(raw, _VF) if is_signed else b.uitofp(raw, _VF)
+                _fma_into(b, parts[k], q, _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
+
+        del half
+        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), None, body, sp, 2)
 
     return sig, codegen
