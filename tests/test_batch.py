@@ -19,11 +19,13 @@ from edgeqwen.sampling import make_sampler
 from conftest import GOLDEN
 
 
-@pytest.mark.parametrize("name", ["untied-gqa4-f32", "mha-bf16-sharded", "tied-gqa2-f16"])
+@pytest.mark.parametrize("name", ["golden/untied-gqa4-f32", "golden/mha-bf16-sharded", "golden/tied-gqa2-f16",
+                                  "golden_quant/int4-g64", "golden_quant/mixed-4-8", "golden_quant/fp8-bf16",
+                                  "golden_gguf/qwen3-tiny-Q4_0.gguf", "golden_gguf/qwen3-tiny-Q8_0.gguf"])
 def test_batched_decode_is_bitwise_the_single_decode(name):
-    m = edgeqwen.load(GOLDEN / name)
-    bc = BatchKVCache(m.config, 3, 200)
-    prompts = [np.arange(5) + 1, np.arange(150) + 20, np.arange(3) + 50]
+    m = edgeqwen.load(GOLDEN.parent / name)
+    bc = BatchKVCache(m.config, 5, 200)
+    prompts = [np.arange(5) + 1, np.arange(150) + 20, np.arange(3) + 50, np.arange(7) + 9, np.arange(2) + 3]
     singles = []
     for s, p in enumerate(prompts):
         m.forward(p, bc.seqs[s])
@@ -31,9 +33,9 @@ def test_batched_decode_is_bitwise_the_single_decode(name):
         m.forward(p, c)
         singles.append(c)
     for step in range(3):
-        toks = [7 + step, 8, 9 + step]
-        batched = m.forward_batch(toks, bc, [0, 1, 2]).copy()
-        for s in range(3):
+        toks = [7 + step, 8, 9 + step, 4, 11]
+        batched = m.forward_batch(toks, bc, [0, 1, 2, 3, 4]).copy()
+        for s in range(5):
             assert np.array_equal(m.forward([toks[s]], singles[s])[0], batched[s])
 
 

@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import byte_dot, nibble_dot
+from .simd import MAX_B, byte_dot, nibble_dot, nibble_dot_multi
 
 JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
@@ -71,13 +71,27 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
     n_groups = scales.shape[1]
     hb = wq.shape[1] // n_groups  # bytes per group
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    n_b = out.shape[0]
     for t in prange(n_tasks):
         srow = np.empty(n_groups, np.float32)
+        res = np.empty(MAX_B, np.float32)
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _scales_f32(scales[r], srow)
-            for b in range(out.shape[0]):
-                out[b, r] = (nibble_dot(wq[r], hb, 0, xe[b], 0, xo[b], 0, hb, srow, n_groups, hb)
-                             + _bias_term(biases[r], xsum[b]))
+            b0 = 0
+            while b0 < n_b:  # each code byte is decoded once for up to MAX_B tokens
+                take = min(MAX_B, n_b - b0)
+                row = wq[r]
+                if take == 4:
+                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 4], 0, xo[b0:b0 + 4], 0, hb, srow, n_groups, hb, res, 4)
+                elif take == 3:
+                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 3], 0, xo[b0:b0 + 3], 0, hb, srow, n_groups, hb, res, 3)
+                elif take == 2:
+                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 2], 0, xo[b0:b0 + 2], 0, hb, srow, n_groups, hb, res, 2)
+                else:
+                    res[0] = nibble_dot(row, hb, 0, xe[b0], 0, xo[b0], 0, hb, srow, n_groups, hb)
+                for b in range(b0, b0 + take):
+                    out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
+                b0 += take
 
 
 @njit(**JIT)

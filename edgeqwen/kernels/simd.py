@@ -51,10 +51,14 @@ def _load_vec(builder, base, offset, vec_ty, align):
 
 
 def _hsum(builder, vec):
-    total = builder.extract_element(vec, ir.Constant(_I32, 0))
-    for i in range(1, LANES):
-        total = builder.fadd(total, builder.extract_element(vec, ir.Constant(_I32, i)), flags=_FAST)
-    return total
+    # a fixed pairwise tree (no fast-math: the same order in every kernel)
+    width = LANES
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+        vec = builder.fadd(lo, hi)
+    return builder.extract_element(vec, ir.Constant(_I32, 0))
 
 
 def _group_loop(builder, ng, chunk_count, cbase_of, body, sp, n_acc):
@@ -70,16 +74,25 @@ def _group_loop(builder, ng, chunk_count, cbase_of, body, sp, n_acc):
             body(builder, g, c_loop.index, parts)
         s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
         for acc, part in zip(accs, parts):
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(s, builder.load(part), flags=_FAST),
-                                       flags=_FAST), acc)
+            builder.store(_fma(builder, s, builder.load(part), builder.load(acc)), acc)
     total = builder.load(accs[0])
     for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc), flags=_FAST)
+        total = builder.fadd(total, builder.load(acc))
     return _hsum(builder, total)
 
 
+def _fma(builder, a, b, c):
+    """a * b + c as one fused multiply-add (an explicit llvm.fma, so every kernel rounds the same way)."""
+    module = builder.module
+    name = f"llvm.fma.v{LANES}f32"
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(_VF, [_VF, _VF, _VF]), name=name)
+    return builder.call(fn, [a, b, c])
+
+
 def _fma_into(builder, part, a, b):
-    builder.store(builder.fadd(builder.load(part), builder.fmul(a, b, flags=_FAST), flags=_FAST), part)
+    builder.store(_fma(builder, a, b, builder.load(part)), part)
 
 
 @intrinsic
@@ -148,5 +161,74 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
 
         del half
         return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), None, body, sp, 2)
+
+    return sig, codegen
+
+
+MAX_B = 4  # rows handled per call of nibble_dot_multi (accumulators stay in registers)
+
+
+@intrinsic
+def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups,
+                     group_bytes, res, n_rows):
+    """nibble_dot for ``n_rows`` (a literal 2..4) activation rows at once: each 16-byte chunk of codes
+    is decoded once and used for every row of xl/xh (n_rows, ...); res[:n_rows] receives the dots.
+    Per row, the operations and their order are exactly nibble_dot's (explicit FMAs, the same final
+    sum), so a sequence's numbers do not depend on its batch."""
+    _check_array(codes, types.uint8, "codes")
+    _check_array(scales, types.float32, "scales")
+    _check_array(res, types.float32, "res")
+    for a in (xl, xh):
+        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float32):
+            raise TypingError("xl, xh must be C-contiguous 2-D float32 arrays")
+    if not isinstance(n_rows, types.IntegerLiteral) or not 1 <= n_rows.literal_value <= MAX_B:
+        raise TypingError(f"n_rows must be an integer literal in 1..{MAX_B}")
+    nb = n_rows.literal_value
+    sig = types.none(codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes, res,
+                     n_rows)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        cp = _ptr(context, builder, at[0], args[0])
+        xla = context.make_array(at[3])(context, builder, value=args[3])
+        xha = context.make_array(at[5])(context, builder, value=args[5])
+        sp = _ptr(context, builder, at[8], args[8])
+        rp = _ptr(context, builder, at[11], args[11])
+        cs, co, xlo, xho, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7, 9, 10))
+        row_l = cgutils.unpack_tuple(builder, xla.shape, 2)[1]
+        row_h = cgutils.unpack_tuple(builder, xha.shape, 2)[1]
+        zero = ir.Constant(_VF, None)
+        parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+        fifteen = ir.Constant(_VI32, [15] * LANES)
+        four = ir.Constant(_VI32, [4] * LANES)
+        with cgutils.for_range(builder, ng) as g_loop:
+            g = g_loop.index
+            for pb in parts:
+                for part in pb:
+                    builder.store(zero, part)
+            with cgutils.for_range(builder, builder.udiv(gb, ir.Constant(_I64, LANES))) as c_loop:
+                step = builder.mul(c_loop.index, ir.Constant(_I64, LANES))
+                raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
+                wide = builder.zext(raw, _VI32)
+                lo = builder.uitofp(builder.and_(wide, fifteen), _VF)
+                hi = builder.uitofp(builder.lshr(wide, four), _VF)
+                xoff = builder.add(builder.mul(g, xs), step)
+                for b in range(nb):
+                    bb = ir.Constant(_I64, b)
+                    vl = _load_vec(builder, xla.data, builder.add(builder.mul(bb, row_l), builder.add(xlo, xoff)),
+                                   _VF, 4)
+                    vh = _load_vec(builder, xha.data, builder.add(builder.mul(bb, row_h), builder.add(xho, xoff)),
+                                   _VF, 4)
+                    _fma_into(builder, parts[b][0], lo, vl)
+                    _fma_into(builder, parts[b][1], hi, vh)
+            s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
+            for b in range(nb):
+                for i in (0, 1):
+                    builder.store(_fma(builder, s, builder.load(parts[b][i]), builder.load(accs[b][i])), accs[b][i])
+        for b in range(nb):
+            total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
+            builder.store(_hsum(builder, total), builder.gep(rp, [ir.Constant(_I64, b)]))
+        return context.get_dummy_value()
 
     return sig, codegen
