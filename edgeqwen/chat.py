@@ -41,5 +41,8 @@ def render(template_source: str, messages: list[dict], add_generation_prompt: bo
         return compile_template(template_source).render(
             messages=messages, add_generation_prompt=add_generation_prompt,
             enable_thinking=enable_thinking, **extra)
-    except jinja2.TemplateError as e:
-        raise EdgeQwenError(f"chat template failed: {e}") from None
+    except EdgeQwenError:
+        raise
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        # the template's own code can fail on odd messages (a None content, say): one line, not a traceback
+        raise EdgeQwenError(f"chat template failed: {type(e).__name__}: {e}") from None
