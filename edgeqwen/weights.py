@@ -242,6 +242,8 @@ def fp8_block(quantization: dict | None) -> tuple[int, int] | None:
     if (not isinstance(block, (list, tuple)) or len(block) != 2
             or not all(isinstance(b, int) and b > 0 for b in block)):
         raise EdgeQwenError(f"quantization_config.weight_block_size must be two positive integers, got {block!r}")
+    if block[1] % 32:
+        raise EdgeQwenError(f"FP8 column block {block[1]} is not supported (the kernels need a multiple of 32)")
     return block[0], block[1]
 
 

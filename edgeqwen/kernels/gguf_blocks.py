@@ -148,7 +148,7 @@ def blocks_matvec(raw, qtype, x, xsum, out):
                 for bl in range(n_blocks):
                     d[bl] = _f16(raw[r], bl * 34)
                 for b in range(x.shape[0]):
-                    out[b, r] = byte_dot(raw[r], 34, 2, x[b], 32, d, n_blocks, 32, True)
+                    out[b, r] = byte_dot(raw[r], 34, 2, x[b], 32, d, n_blocks, 32, "i8")
             else:
                 deq_row(raw[r], qtype, row)
                 for b in range(x.shape[0]):

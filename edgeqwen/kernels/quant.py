@@ -138,7 +138,7 @@ def affine8_matvec(wq, scales, biases, x, xsum, out):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _scales_f32(scales[r], srow)
             for b in range(out.shape[0]):
-                out[b, r] = (byte_dot(wq[r], gs, 0, x[b], gs, srow, n_groups, gs, False)
+                out[b, r] = (byte_dot(wq[r], gs, 0, x[b], gs, srow, n_groups, gs, "u8")
                              + _bias_term(biases[r], xsum[b]))
 
 
@@ -182,34 +182,26 @@ def affine_embed(wq, scales, biases, bits, ids, out):
 
 # -- FP8 e4m3, 2-D block scales -----------------------------------------------------------------
 
-@njit(inline="always", **JIT)
-def _fp8_row(row, srow, block_k, x):
-    k = row.shape[0]
-    acc = np.float32(0.0)
-    n_full = k // block_k  # a fixed trip count keeps the inner loop vectorised
-    for c in range(n_full):
-        base = c * block_k
-        dot = np.float32(0.0)
-        for j in range(block_k):
-            dot += e4m3_unscaled(row[base + j]) * x[base + j]
-        acc += to_f32(srow[c]) * dot
-    if n_full < srow.shape[0]:
-        dot = np.float32(0.0)
-        for j in range(n_full * block_k, k):
-            dot += e4m3_unscaled(row[j]) * x[j]
-        acc += to_f32(srow[n_full]) * dot
-    return acc * E4M3_RESCALE
-
-
 @njit(parallel=True, **JIT)
 def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
     # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (B, K) f32; out: (B, N)
-    n = wq.shape[0]
+    n, k = wq.shape
+    n_full = k // block_k  # whole column blocks go through the SIMD dot; a partial last block is scalar
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
+        srow = np.empty(scale_inv.shape[1], np.float32)
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            row = wq[r]
+            for c in range(srow.shape[0]):
+                srow[c] = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
             for b in range(out.shape[0]):
-                out[b, r] = _fp8_row(wq[r], scale_inv[r // block_n], block_k, x[b])
+                acc = byte_dot(row, block_k, 0, x[b], block_k, srow, n_full, block_k, "e4m3")
+                if n_full < srow.shape[0]:
+                    dot = np.float32(0.0)
+                    for j in range(n_full * block_k, k):
+                        dot += e4m3_unscaled(row[j]) * x[b, j]
+                    acc += srow[n_full] * dot
+                out[b, r] = acc
 
 
 @njit(**JIT)

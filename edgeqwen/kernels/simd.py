@@ -132,16 +132,35 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
     return sig, codegen
 
 
+BYTE_KINDS = {"u8": 0, "i8": 1, "e4m3": 2}
+
+
+def _decode_bytes(builder, raw, kind):
+    """16 code bytes -> 16 floats: unsigned, signed, or e4m3 / 2**120 (see kernels.quant)."""
+    if kind == "i8":
+        return builder.sitofp(raw, _VF)
+    if kind == "u8":
+        return builder.uitofp(raw, _VF)
+    wide = builder.zext(raw, _VI32)
+    sign = builder.shl(builder.and_(wide, ir.Constant(_VI32, [0x80] * LANES)), ir.Constant(_VI32, [24] * LANES))
+    mag = builder.shl(builder.and_(wide, ir.Constant(_VI32, [0x7F] * LANES)), ir.Constant(_VI32, [20] * LANES))
+    return builder.bitcast(builder.or_(sign, mag), _VF)
+
+
 @intrinsic
-def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, signed):
-    """sum_g scales[g] * sum_j q(codes[g*c_stride + c_off + j]) * x[g*x_stride + j], q a u8 or (signed) i8."""
+def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, kind):
+    """sum_g scales[g] * sum_j q(codes[g*c_stride + c_off + j]) * x[g*x_stride + j].
+
+    ``kind`` (a literal) says what a byte is: "u8", "i8", or "e4m3" (its value / 2**120: the caller
+    folds 2**120 into the scales). group_bytes is a multiple of 32.
+    """
     _check_array(codes, types.uint8, "codes")
     _check_array(x, types.float32, "activations")
     _check_array(scales, types.float32, "scales")
-    if not isinstance(signed, types.BooleanLiteral):
-        raise TypingError("signed must be a literal bool")
-    is_signed = signed.literal_value
-    sig = types.float32(codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, signed)
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in BYTE_KINDS:
+        raise TypingError(f"kind must be a literal in {sorted(BYTE_KINDS)}")
+    byte_kind = kind.literal_value
+    sig = types.float32(codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, kind)
 
     def codegen(context, builder, signature, args):
         at = signature.args
@@ -149,17 +168,15 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
         xp = _ptr(context, builder, at[3], args[3])
         sp = _ptr(context, builder, at[5], args[5])
         cs, co, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7))
-        half = ir.Constant(_I64, LANES // 2)
 
         def body(b, g, c, parts):
-            # two 16-byte chunks per step into two accumulators (group_bytes is a multiple of 32)
+            # two 16-byte chunks per step into two accumulators
             for k in range(2):
                 step = b.add(b.mul(c, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, k * LANES))
                 raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
-                q = b.sitofp(raw, _VF) if is_signed else b.uitofp(raw, _VF)
-                _fma_into(b, parts[k], q, _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
+                _fma_into(b, parts[k], _decode_bytes(b, raw, byte_kind),
+                          _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
 
-        del half
         return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), None, body, sp, 2)
 
     return sig, codegen
