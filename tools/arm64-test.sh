@@ -25,16 +25,19 @@ if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
 fi
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 
-in_root() { chroot "$ROOTFS" env -i HOME=/root PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+in_root() { chroot "$ROOTFS" env -i HOME=/root PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
   NUMBA_CACHE_DIR=/var/cache/numba NUMBA_NUM_THREADS=2 LANG=C.UTF-8 "$@"; }
 
 if [ ! -f "$ROOTFS/.edgeqwen-ready" ]; then
   say "building the arm64 rootfs in $ROOTFS (first run only)"
-  rm -rf "$ROOTFS"
-  mkdir -p "$ROOTFS"
-  debootstrap --arch=arm64 --foreign --variant=minbase bookworm "$ROOTFS" "$MIRROR" >/dev/null
-  cp "$(command -v qemu-aarch64-static)" "$ROOTFS/usr/bin/"
-  chroot "$ROOTFS" /debootstrap/debootstrap --second-stage >/dev/null
+  if [ ! -f "$ROOTFS/.debootstrap-done" ]; then
+    rm -rf "$ROOTFS"
+    mkdir -p "$ROOTFS"
+    debootstrap --arch=arm64 --foreign --variant=minbase bookworm "$ROOTFS" "$MIRROR" >/dev/null
+    cp "$(command -v qemu-aarch64-static)" "$ROOTFS/usr/bin/"
+    chroot "$ROOTFS" /debootstrap/debootstrap --second-stage >/dev/null
+    touch "$ROOTFS/.debootstrap-done"
+  fi
   cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
   in_root apt-get update -q >/dev/null
   in_root apt-get install -y -q python3 python3-venv ca-certificates >/dev/null

@@ -130,10 +130,12 @@ class GGUFFile:
             if shape[-1] % block:
                 raise EdgeQwenError(f"{self.path}: tensor {name!r} has {shape[-1]} columns, not a multiple of "
                                     f"the {tname} block of {block}")
-            n_elems = int(np.prod(shape, dtype=np.int64))
+            n_elems = 1
+            for d in shape:  # Python integers: a hostile shape cannot overflow
+                n_elems *= d
             nbytes = n_elems // block * block_bytes
             start = data_start + offset
-            if start + nbytes > size:
+            if n_elems == 0 or start + nbytes > size:
                 raise EdgeQwenError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
             if block == 1:
                 dtype = {"F32": "<f4", "F16": "<i2", "BF16": "<u2"}[tname]
