@@ -537,7 +537,7 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
         row = B.bench_config(model, t, n_prompt, n_gen, repeats, ctx_depth, bw)
         if vs_llama_cpp:
             llama = LlamaCpp(gguf_path, t, n_ctx=ctx_depth + n_prompt + n_gen + 8)
-            ids = np.random.default_rng(0).integers(0, 150000, size=n_prompt)
+            ids = np.random.default_rng(0).integers(0, min(150000, model.config.vocab_size), size=n_prompt)
             llama.run(ids[:8], 2)
             ours, theirs = [], []
             for _ in range(repeats):  # interleaved so drift hits both

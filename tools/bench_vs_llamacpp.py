@@ -30,7 +30,7 @@ def main():
     numba.set_num_threads(a.threads)
     model = edgeqwen.load(a.model, tokenizer=False)
     llama = LlamaCpp(a.gguf, a.threads, n_ctx=a.prompt + a.gen + 8)
-    ids = np.random.default_rng(0).integers(0, 150000, size=a.prompt)
+    ids = np.random.default_rng(0).integers(0, min(150000, model.config.vocab_size), size=a.prompt)
     llama.run(ids[:8], 2)  # warm-up
     bench_model(model, 8, 2, 1)
     ours, theirs = [], []
