@@ -89,3 +89,24 @@ def test_bad_thread_count(tiny_model_dir, threads):
 def test_debug_shows_traceback(tmp_path):
     p = run("--debug", "info", "-m", str(tmp_path / "nope"))
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_kv_cache_that_cannot_fit_is_refused_before_allocating(tiny_model_dir, tmp_path):
+    big = tmp_path / "big"
+    shutil.copytree(tiny_model_dir, big)
+    cfg = json.loads((big / "config.json").read_text())
+    cfg["max_position_embeddings"] = 2**31
+    (big / "config.json").write_text(json.dumps(cfg))
+    p = run("generate", "-m", str(big), "hi", "--raw", "--ctx", str(2**31 - 1))
+    assert_one_line_error(p, "needs", "GiB but only", "available")
+
+
+def test_context_beyond_the_model_maximum(tiny_model_dir):
+    assert_one_line_error(run("generate", "-m", str(tiny_model_dir), "hi", "--raw", "--ctx", "100000"),
+                          "exceeds the model's max_position_embeddings 512")
+
+
+def test_max_tokens_beyond_the_context_stops_at_the_end(tiny_model_dir):
+    p = run("generate", "-m", str(tiny_model_dir), "hi", "--raw", "--ctx", "20", "-n", "500", "--temperature", "0")
+    assert p.returncode == 0, p.stderr
+    assert "finish: length" in p.stderr
