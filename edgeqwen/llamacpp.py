@@ -16,6 +16,7 @@ import numpy as np
 from .config import load_config
 from .errors import EdgeQwenError
 from .storage import open_safetensors_dir
+from .storage.safetensors import to_float32
 
 GGUF_TYPES = ("BF16", "F16", "F32", "Q8_0", "Q4_0")
 
@@ -44,14 +45,6 @@ def gguf_name(hf_name: str) -> str:
         return "output.weight"
     parts = hf_name.split(".")
     return f"blk.{parts[2]}.{_NAMES['.'.join(parts[3:])]}"
-
-
-def _f32(a: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F16":
-        return a.view(np.float16).astype(np.float32)
-    return a.astype(np.float32)
 
 
 def _vocab(directory: Path, n_vocab: int):
@@ -112,14 +105,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, matrix_type: str = "
         a = store.get(name)
         dtype = store.dtype(name)
         if a.ndim == 1:
-            w.add_tensor(gguf_name(name), _f32(a, dtype))
+            w.add_tensor(gguf_name(name), to_float32(a, dtype))
         elif matrix_type == "BF16" and dtype == "BF16":
             w.add_tensor(gguf_name(name), np.ascontiguousarray(a), raw_dtype=qtype)
-        elif matrix_type in ("F32", "F16", "BF16"):
-            data = gguf.quants.quantize(_f32(a, dtype), qtype)
-            w.add_tensor(gguf_name(name), data, raw_dtype=qtype)
         else:
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(_f32(a, dtype), qtype), raw_dtype=qtype)
+            w.add_tensor(gguf_name(name), gguf.quants.quantize(to_float32(a, dtype), qtype), raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -17,7 +17,7 @@ import numpy as np
 from .config import load_config, read_json
 from .errors import EdgeQwenError
 from .storage import open_safetensors_dir
-from .storage.safetensors import write_safetensors
+from .storage.safetensors import to_float32, write_safetensors
 from .synth import f32_to_bf16
 from .weights import AFFINE_BITS, AFFINE_GROUPS, fp8_block
 
@@ -49,14 +49,6 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
     for i in range(per):
         words |= q[:, i::per] << np.uint32(bits * i)
     return words
-
-
-def _to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F16":
-        return a.view(np.float16).astype(np.float32)
-    return a.astype(np.float32)
 
 
 def _from_f32(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -123,12 +115,12 @@ def quantize_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, bits: in
         a = store.get(name)[r0:r1]
         dtype = store.dtype(name)
         if dtype == "F8_E4M3":
-            s = _to_f32(store.get(name + "_scale_inv"), store.dtype(name + "_scale_inv"))
+            s = to_float32(store.get(name + "_scale_inv"), store.dtype(name + "_scale_inv"))
             bn, bk = block
             table = _e4m3_table()
             full = np.repeat(np.repeat(s, bn, 0)[r0:r1], bk, 1)[:, : a.shape[1]]
             return table[a] * full
-        return _to_f32(a, dtype)
+        return to_float32(a, dtype)
 
     def produce(name):
         if name in pending:

@@ -41,6 +41,15 @@ DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
 
 
+def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A float32 copy of a tensor view whose safetensors dtype is BF16, F16 or any numeric type."""
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return a.view(np.float16).astype(np.float32)
+    return a.astype(np.float32)
+
+
 class SafetensorsFile:
     """One memory-mapped .safetensors file: ``names()``, ``dtype(name)``, ``get(name)``."""
 
