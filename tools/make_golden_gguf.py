@@ -6,6 +6,9 @@
 - ``smollm2.npz``: for 5 prompts on the embedded SmolLM2-135M-Instruct Q4_1 file, llama.cpp's
   token ids, its top-1 token at every one of >= 256 teacher-forced positions (and its top-8 logits
   there), and its 32-token greedy continuation.
+- ``smollm2.npz`` also holds ``f32_*``: the same positions run by llama.cpp on a float32 GGUF made
+  by dequantizing every SmolLM2 tensor with gguf-py (f32 KV cache). That isolates llama.cpp's
+  quantized-activation arithmetic: edgeqwen must match this reference essentially exactly.
 - ``tokenize.json``: llama.cpp's token ids for a varied text set (English, code, Chinese, emoji,
   special tokens).
 - ``qwen3-tiny-{F16,Q8_0,Q4_0}.gguf`` + ``.npz``: the tiny reference Qwen3 checkpoint
@@ -62,7 +65,31 @@ def chatml(prompt):
     return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def dequantized_copy(src, dst):
+    """``src`` GGUF with every tensor dequantized to F32 by gguf-py (metadata unchanged)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_array(key, field.contents())
+        else:
+            w.add_key_value(key, field.contents(), vtype)
+    for t in r.tensors:
+        w.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
+    import tempfile
+
     from llama_cpp import Llama
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -95,8 +122,22 @@ def main():
             llm.eval([nxt])
         data[f"prompt_{i}"] = np.array(seq, np.int32)
         data[f"greedy_{i}"] = np.array(greedy, np.int32)
-    np.savez_compressed(OUT / "smollm2.npz", **data)
     del llm
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = Path(tmp) / "smollm2-f32.gguf"
+        dequantized_copy(smol, f32)
+        ref = Llama(model_path=str(f32), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2,
+                    verbose=False, type_k=0, type_v=0)
+        for i in range(len(PROMPTS)):
+            ids = data[f"ids_{i}"].tolist()
+            ref.reset()
+            ref.eval(ids)
+            logits = np.array(ref.scores[: len(ids)], np.float32)
+            top = np.argsort(-logits, -1)[:, :8]
+            data[f"f32_top8_ids_{i}"] = top.astype(np.int32)
+            data[f"f32_top8_logits_{i}"] = np.take_along_axis(logits, top, -1)
+        del ref
+    np.savez_compressed(OUT / "smollm2.npz", **data)
 
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 512, size=40).tolist()
