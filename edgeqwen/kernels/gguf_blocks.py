@@ -9,7 +9,7 @@ Layouts follow ggml: Q4_0/Q4_1 byte j holds element j (low nibble) and j+16 (hig
 import numpy as np
 from numba import njit, prange
 
-from .linear import TILE_ROWS, tile_matmul
+from .linear import TILE_ROWS, _dot, tile_matmul
 from .numeric import to_f32
 from .simd import byte_dot, nibble_dot
 
@@ -101,14 +101,6 @@ def deq_row(raw, qtype, out):
 
 
 @njit(inline="always", **JIT)
-def _dotf(w, x):
-    acc = np.float32(0.0)
-    for j in range(w.shape[0]):
-        acc += w[j] * x[j]
-    return acc
-
-
-@njit(inline="always", **JIT)
 def _block_scales(raw, size, d, m, is_q4_1):
     # per-block f16 scale (and Q4_1 min; Q4_0's implicit min is -8 d) of one row -> float32
     for b in range(d.shape[0]):
@@ -152,7 +144,7 @@ def blocks_matvec(raw, qtype, x, xsum, out):
             else:
                 deq_row(raw[r], qtype, row)
                 for b in range(x.shape[0]):
-                    out[b, r] = _dotf(row, x[b])
+                    out[b, r] = _dot(row, x[b])
 
 
 @njit(parallel=True, **JIT)
