@@ -23,33 +23,6 @@ def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     return a.nbytes / best
 
 
-def bench_model(model, prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3, seed: int = 0) -> dict:
-    """Prefill ``prompt_tokens`` then decode ``gen_tokens`` one by one, ``repeats`` times (after a warm-up)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, min(model.config.vocab_size, 150000), size=prompt_tokens)
-    cache = model.new_cache(prompt_tokens + gen_tokens + 1)
-    model.forward(ids[:8], cache)  # warm-up: compile / load the kernels for both paths
-    model.forward(ids[:1], cache)
-    prefill, decode = [], []
-    for _ in range(repeats):
-        cache.reset()
-        t0 = time.perf_counter()
-        logits = model.forward(ids, cache)
-        prefill.append(prompt_tokens / (time.perf_counter() - t0))
-        token = np.array([int(np.argmax(logits[0]))], np.int64)
-        t0 = time.perf_counter()
-        for _ in range(gen_tokens):
-            token[0] = int(np.argmax(model.forward(token, cache)[0]))
-        decode.append(gen_tokens / (time.perf_counter() - t0))
-    per_token = model.weight_bytes()
-    d = statistics.mean(decode)
-    return {
-        "prefill_tps": statistics.mean(prefill), "prefill_sd": statistics.pstdev(prefill),
-        "decode_tps": d, "decode_sd": statistics.pstdev(decode),
-        "bytes_per_token": per_token, "decode_gbps": d * per_token / 1e9,
-    }
-
-
 # -- the `edgeqwen bench` command's measurements ---------------------------------------------------
 
 PRESET_FORMATS = ("bf16", "int8", "int4", "fp8")
@@ -162,8 +135,6 @@ def cold_start(model_path, fresh_compile: bool = False) -> dict:
 def bench_config(model, threads: int, prompt_tokens: int, gen_tokens: int, repeats: int, ctx_depth: int = 0,
                  bandwidth: float | None = None, seed: int = 0) -> dict:
     """One row of `edgeqwen bench`: prefill, TTFT and decode at ``ctx_depth`` with ``threads`` threads."""
-    import statistics
-
     import numba
 
     numba.set_num_threads(threads)

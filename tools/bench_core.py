@@ -10,7 +10,7 @@ import time
 import numba
 
 import edgeqwen
-from edgeqwen.bench import bench_model, read_bandwidth
+from edgeqwen.bench import bench_config, read_bandwidth
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
     model = edgeqwen.load(a.model, tokenizer=False)
     load_s = time.perf_counter() - t0
     bw = read_bandwidth()
-    r = bench_model(model, a.prompt, a.gen, a.repeats)
+    r = bench_config(model, a.threads, a.prompt, a.gen, a.repeats)
     print(f"model {a.model} ({model.format_name}), threads {a.threads}, load {load_s:.2f}s")
     print(f"read bandwidth        {bw / 1e9:6.1f} GB/s")
     print(f"prefill {a.prompt:4d} tokens   {r['prefill_tps']:6.1f} ± {r['prefill_sd']:.1f} tok/s")

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 import edgeqwen
-from edgeqwen.bench import bench_model
+from edgeqwen.bench import bench_config
 from edgeqwen.llamacpp import LlamaCpp
 
 
@@ -32,10 +32,10 @@ def main():
     llama = LlamaCpp(a.gguf, a.threads, n_ctx=a.prompt + a.gen + 8)
     ids = np.random.default_rng(0).integers(0, min(150000, model.config.vocab_size), size=a.prompt)
     llama.run(ids[:8], 2)  # warm-up
-    bench_model(model, 8, 2, 1)
+    bench_config(model, a.threads, 8, 2, 1)
     ours, theirs = [], []
     for _ in range(a.repeats):
-        r = bench_model(model, a.prompt, a.gen, 1)
+        r = bench_config(model, a.threads, a.prompt, a.gen, 1)
         ours.append((r["prefill_tps"], r["decode_tps"]))
         theirs.append(llama.run(ids, a.gen))
     op, od = (statistics.mean(x) for x in zip(*ours))

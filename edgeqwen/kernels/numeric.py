@@ -36,23 +36,6 @@ def _f16_to_f32(typingctx, u):
     return types.float32(types.int16), codegen
 
 
-@intrinsic
-def bits_to_f32(typingctx, u):
-    """Reinterpret the low 32 bits of an integer as float32 (Numba widens uint32 arithmetic to 64 bits)."""
-    if not isinstance(u, types.Integer):
-        raise TypingError("float32 bits must be an integer")
-
-    def codegen(context, builder, signature, args):
-        v = args[0]
-        if u.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        elif u.bitwidth < 32:
-            v = builder.zext(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(u), codegen
-
-
 def _u8_intrinsic(body):
     """An intrinsic uint8 -> float32 whose integer work stays in 32-bit lanes.
 
@@ -82,8 +65,6 @@ def _i32(v):
 nib_lo = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.and_(u, _i32(15)), ir.FloatType()))
 nib_hi = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.lshr(u, _i32(4)), ir.FloatType()))
 u8_to_f32 = _u8_intrinsic(lambda bld, u: bld.uitofp(u, ir.FloatType()))
-# the byte read as a signed int8
-i8_to_f32 = _u8_intrinsic(lambda bld, u: bld.sitofp(bld.trunc(u, ir.IntType(8)), ir.FloatType()))
 # an e4m3 byte's value / 2**120: sign to bit 31, exponent+mantissa to bits 20..26 (see kernels.quant)
 e4m3_unscaled = _u8_intrinsic(lambda bld, u: bld.bitcast(
     bld.or_(bld.shl(bld.and_(u, _i32(0x80)), _i32(24)), bld.shl(bld.and_(u, _i32(0x7F)), _i32(20))),

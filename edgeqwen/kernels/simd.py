@@ -61,7 +61,7 @@ def _hsum(builder, vec):
     return builder.extract_element(vec, ir.Constant(_I32, 0))
 
 
-def _group_loop(builder, ng, chunk_count, cbase_of, body, sp, n_acc):
+def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
     """for g < ng: partials = 0; for each 16-lane chunk: body(...) adds into ``n_acc`` partials
     (independent chains, so FMA latency overlaps); acc[i] += scale[g] * partial[i]. Returns sum."""
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
@@ -127,7 +127,7 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
             _fma_into(b, parts[0], b.uitofp(b.and_(wide, fifteen), _VF), _load_vec(b, xlp, b.add(xlo, xoff), _VF, 4))
             _fma_into(b, parts[1], b.uitofp(b.lshr(wide, four), _VF), _load_vec(b, xhp, b.add(xho, xoff), _VF, 4))
 
-        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, LANES)), None, body, sp, 2)
+        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, LANES)), body, sp, 2)
 
     return sig, codegen
 
@@ -177,7 +177,7 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
                 _fma_into(b, parts[k], _decode_bytes(b, raw, byte_kind),
                           _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
 
-        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), None, body, sp, 2)
+        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), body, sp, 2)
 
     return sig, codegen
 
