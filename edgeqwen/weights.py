@@ -95,7 +95,19 @@ class Affine:
         self.kind = f"int{bits}-g{group_size}"
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
+        self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
+        self._prep_q8: dict[int, tuple] = {}
+
+    def _buffers_q8(self, b: int):
+        bufs = self._prep_q8.get(b)
+        if bufs is None:
+            k = self.shape[1]
+            nb8 = -(-k // 256) * 8  # blocks of 32, padded to whole octets
+            # (B, K) int8 activations; (B, NB8) block scales and scaled block sums
+            bufs = self._prep_q8[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
+                                       np.empty((b, nb8), np.float32))
+        return bufs
 
     def _buffers(self, b: int):
         bufs = self._prep.get(b)
@@ -108,6 +120,11 @@ class Affine:
         return bufs
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self.int8_activations and (self.bits == 8 or self.shape[1] % 64 == 0):
+            xq, dx, xs = self._buffers_q8(x.shape[0])
+            quant.quantize_act(x, xq, dx, xs, quant.ORDER_MLX4 if self.bits == 4 else quant.ORDER_PLAIN, False)
+            quant.affine_matvec_q8(self.wq, self.scales, self.biases, self.bits, xq, dx, xs, out)
+            return
         xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
             quant.split_even_odd(x, xe, xo, xsum, self.group_size)

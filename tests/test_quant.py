@@ -41,6 +41,27 @@ def test_greedy_matches_reference(golden):
     assert tokens == r["greedy"].tolist()
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_decode_path_matches_reference(golden, exact):
+    # token by token through the matvec kernels: float32 activations match mlx-lm to float rounding;
+    # int8 activations (the default) move logits by their rounding, < 1.5% of the logit scale here,
+    # and keep every top-1
+    name, model, r = golden
+    model.set_exact_dots(exact)
+    try:
+        ids, ref = r["ids_70"], r["logits_70"]
+        cache = model.new_cache(80)
+        got = np.stack([model.forward(ids[i:i + 1], cache)[0].copy() for i in range(len(ids))])
+    finally:
+        model.set_exact_dots(False)
+    err = np.abs(got - ref).max()
+    if exact or name.startswith("fp8"):
+        assert err < ATOL[name[:3]], f"{name}: max |diff| {err:.2e}"
+    else:
+        assert err < 1.5e-2 * np.abs(ref).max(), f"{name}: max |diff| {err:.2e}"
+        assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
 def test_formats_are_what_the_files_say():
     assert edgeqwen.load(GQ / "mixed-4-8").format_name == "int4-g64/int8-g64"
     m = edgeqwen.load(GQ / "fp8-bf16")
@@ -94,9 +115,57 @@ def test_affine_kernels(bits, gs, n, k, scale_kind, t):
     out = np.full((t, n), np.nan, np.float32)
     w.matmul(x, out)
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
+    w.int8_activations = False  # the float32-activation decode kernel
+    out = np.full((t, n), np.nan, np.float32)
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
     emb = np.empty((2, k), np.float32)
     w.embed(np.array([n - 1, 0]), emb)
     np.testing.assert_allclose(emb, ref[[n - 1, 0]], rtol=1e-6, atol=1e-6)
+
+
+def q8_reference(x, ref):
+    # llama.cpp's Q8_0 activation rounding in NumPy, then float64 dot products
+    t, k = x.shape
+    xb = x.reshape(t, -1, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, 0).astype(np.float32)
+    q = np.rint(xb * inv)
+    return (q * d).reshape(t, k).astype(np.float64) @ ref.T
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("n,k,scale_kind", [(1, 128, "bf16"), (37, 256, "f16"), (70, 384, "f32"), (5, 2304, "bf16")])
+def test_affine_int8_activation_kernels(bits, gs, n, k, scale_kind):
+    # the integer-dot decode kernel against a NumPy emulation of the same activation rounding; odd
+    # row counts, block counts that are not whole octets (k=384: 12 blocks), batches of 1..9 tokens
+    w, ref = affine_random(n, k, bits, gs, scale_kind)
+    x = rng.standard_normal((9, k)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    want = q8_reference(x, ref)
+    out = np.full((9, n), np.nan, np.float32)
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    for t in (1, 2, 3, 4, 5):  # a token's numbers do not depend on its batch
+        part = np.full((t, n), np.nan, np.float32)
+        w.matvec(x[:t], part)
+        np.testing.assert_array_equal(part, out[:t])
+
+
+def test_exact_dots_switch():
+    w, ref = affine_random(8, 256, 4, 64, "bf16")
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    out = np.empty((1, 8), np.float32)
+    w.int8_activations = False
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-5, atol=1e-4)
+    w.int8_activations = True
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, q8_reference(x, ref), rtol=1e-5, atol=1e-4)
+    assert np.abs(out - x @ ref.T).max() > 1e-4  # the two paths really differ
 
 
 @pytest.mark.parametrize("n,k,scale_dtype", [(1, 16, np.float32), (130, 200, np.float32), (257, 129, np.float32)])

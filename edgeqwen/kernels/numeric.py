@@ -87,3 +87,15 @@ def _to_f32_overload(v):
     if v == types.float64:
         return lambda v: types.float32(v)
     raise TypingError(f"no float32 conversion for {v}")
+
+
+@intrinsic
+def f16_round(typingctx, v):
+    """float32 -> the nearest float16 -> float32 (what llama.cpp keeps of an activation block scale)."""
+    if v != types.float32:
+        raise TypingError("f16_round expects float32")
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.float32), codegen

@@ -14,8 +14,8 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
-from .numeric import e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import MAX_B, byte_dot, nibble_dot, nibble_dot_multi
+from .numeric import e4m3_unscaled, f16_round, nib_hi, nib_lo, to_f32, u8_to_f32
+from .simd import MAX_B, Q8_MAX_B, byte_dot, nibble_dot, nibble_dot_multi, q8_dot
 
 JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
@@ -43,6 +43,118 @@ def split_even_odd(x, xe, xo, xsum, gs):
             xe[b, j] = x[b, 2 * j]
             xo[b, j] = x[b, 2 * j + 1]
     group_sums(x, xsum, gs)
+
+
+ORDER_PLAIN, ORDER_MLX4, ORDER_GGML4 = 0, 1, 2
+
+
+@njit(**JIT)
+def quantize_act(x, xq, dx, xs, order, half_scale):
+    # x: (B, K) f32 -> int8 codes per block of 32 (llama.cpp's Q8_0): d = max|x| / 127,
+    # q = round(x * 127 / max|x|); xq: (B, K) i8. dx, xs: (B, NB8) f32 block scale d and d * sum(q),
+    # zero past the K/32 blocks (q8_dot pads to whole octets of blocks).
+    # order: ORDER_PLAIN in order; ORDER_MLX4 / ORDER_GGML4 per pair of blocks, the partners of the
+    # low nibbles of both blocks then of the high nibbles (simd.q8_dot): MLX int4 byte j holds
+    # elements 2j, 2j+1; a ggml Q4 byte j holds elements j, j+16. half_scale: d and d * sum(q)
+    # rounded through float16, as llama.cpp stores them.
+    q = np.empty(32, np.int32)
+    nb = x.shape[1] // 32
+    for b in range(x.shape[0]):
+        for g in range(nb):
+            amax = np.float32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[b, 32 * g + j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+            total = 0
+            for j in range(32):
+                q[j] = np.int32(np.rint(x[b, 32 * g + j] * inv))
+                total += q[j]
+            base = 64 * (g // 2) + 16 * (g % 2)  # this block's low-nibble partners in its pair
+            if order == ORDER_MLX4:
+                for j in range(16):
+                    xq[b, base + j] = q[2 * j]
+                    xq[b, base + 32 + j] = q[2 * j + 1]
+            elif order == ORDER_GGML4:
+                for j in range(16):
+                    xq[b, base + j] = q[j]
+                    xq[b, base + 32 + j] = q[j + 16]
+            else:
+                for j in range(32):
+                    xq[b, 32 * g + j] = q[j]
+            s = d * np.float32(total)
+            dx[b, g] = f16_round(d) if half_scale else d
+            xs[b, g] = f16_round(s) if half_scale else s
+        for g in range(nb, dx.shape[1]):
+            dx[b, g] = 0.0
+            xs[b, g] = 0.0
+
+
+@njit(inline="always", **JIT)
+def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, res, out, r, kind):
+    # one weight row against every token of xq (B, K) int8, Q8_MAX_B at a time: out[b, r]
+    n_b = out.shape[0]
+    b0 = 0
+    while b0 < n_b:
+        take = min(Q8_MAX_B, n_b - b0)
+        e = b0 + take
+        if take == 4:
+            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 4, kind)
+        elif take == 3:
+            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 3, kind)
+        elif take == 2:
+            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 2, kind)
+        else:
+            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 1, kind)
+        for b in range(b0, e):
+            out[b, r] = res[b - b0]
+        b0 = e
+
+
+@njit(inline="always", **JIT)
+def _expand_groups(srow, brow, per, wscale, wmin):
+    # one row's group scales and biases -> per-block float32 (per = blocks per group: 1, 2 or 4);
+    # a loop per case, so each vectorises with a constant stride
+    if per == 1:
+        for g in range(srow.shape[0]):
+            wscale[g] = to_f32(srow[g])
+            wmin[g] = to_f32(brow[g])
+    elif per == 2:
+        for g in range(srow.shape[0]):
+            s = to_f32(srow[g])
+            m = to_f32(brow[g])
+            wscale[2 * g] = s
+            wscale[2 * g + 1] = s
+            wmin[2 * g] = m
+            wmin[2 * g + 1] = m
+    else:
+        for g in range(srow.shape[0]):
+            s = to_f32(srow[g])
+            m = to_f32(brow[g])
+            for i in range(4):
+                wscale[4 * g + i] = s
+                wmin[4 * g + i] = m
+
+
+@njit(parallel=True, **JIT)
+def affine_matvec_q8(wq, scales, biases, bits, xq, dx, xs, out):
+    # int8-activation decode: wq (N, K*bits/8) u8; scales, biases (N, G); xq (B, K) i8, dx, xs
+    # (B, NB8) f32 from quantize_act (nibble order for 4 bits); out (B, N) f32
+    n = wq.shape[0]
+    n_groups = scales.shape[1]
+    nb = xq.shape[1] // 32
+    per = nb // n_groups  # blocks of 32 per group
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n_tasks):
+        wscale = np.zeros(dx.shape[1], np.float32)  # per block, zero-padded to whole octets
+        wmin = np.zeros(dx.shape[1], np.float32)
+        res = np.empty(Q8_MAX_B, np.float32)
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            _expand_groups(scales[r], biases[r], per, wscale, wmin)
+            if bits == 4:
+                q8_rows_dot(wq[r], 16, 0, xq, 32, wscale, wmin, dx, xs, nb, res, out, r, "nib")
+            else:
+                q8_rows_dot(wq[r], 32, 0, xq, 32, wscale, wmin, dx, xs, nb, res, out, r, "u8")
 
 
 # -- affine int4 --------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def _load_vec(builder, base, offset, vec_ty, align):
 
 def _hsum(builder, vec):
     # a fixed pairwise tree (no fast-math: the same order in every kernel)
-    width = LANES
+    width = vec.type.count
     while width > 1:
         width //= 2
         lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
@@ -84,10 +84,11 @@ def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
 def _fma(builder, a, b, c):
     """a * b + c as one fused multiply-add (an explicit llvm.fma, so every kernel rounds the same way)."""
     module = builder.module
-    name = f"llvm.fma.v{LANES}f32"
+    vt = a.type
+    name = f"llvm.fma.v{vt.count}f32"
     fn = module.globals.get(name)
     if fn is None:
-        fn = ir.Function(module, ir.FunctionType(_VF, [_VF, _VF, _VF]), name=name)
+        fn = ir.Function(module, ir.FunctionType(vt, [vt, vt, vt]), name=name)
     return builder.call(fn, [a, b, c])
 
 
@@ -246,6 +247,182 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
         for b in range(nb):
             total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
             builder.store(_hsum(builder, total), builder.gep(rp, [ir.Constant(_I64, b)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# -- integer dot products on int8-quantized activations (llama.cpp's decode scheme) -------------
+
+_VI8x32 = ir.VectorType(ir.IntType(8), 32)
+_VI8x16 = ir.VectorType(ir.IntType(8), 16)
+_VI32x8 = ir.VectorType(_I32, 8)
+_VF8 = ir.VectorType(_F32, 8)
+Q8_KINDS = ("nib", "nib_blocks", "u8", "i8")
+Q8_MAX_B = 4  # tokens per call of q8_dot (their accumulators stay in registers)
+
+
+def _cpu_features() -> set[str]:
+    """The target features Numba compiles for (NUMBA_CPU_FEATURES, else the host's)."""
+    from numba.core import config
+    from llvmlite import binding
+    text = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
+    return {f[1:] for f in text.split(",") if f.startswith("+")}
+
+
+def _has_vnni() -> bool:
+    feats = _cpu_features()
+    return "avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats
+
+
+def _dot4(builder, acc, a, b):
+    """acc (8 x i32) + sums of four consecutive products of a (32 x u8) and b (32 x s8): vpdpbusd.
+
+    With VNNI it is the instruction; elsewhere the same exact integer sums in plain IR.
+    """
+    if _has_vnni():
+        module = builder.module
+        name = "llvm.x86.avx512.vpdpbusd.256"
+        fn = module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(module, ir.FunctionType(_VI32x8, [_VI32x8, _VI8x32, _VI8x32]), name=name)
+        return builder.call(fn, [acc, a, b])
+    vi32x32 = ir.VectorType(_I32, 32)
+    prod = builder.mul(builder.zext(a, vi32x32), builder.sext(b, vi32x32))
+    for k in range(4):
+        lanes = builder.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(_I32, 8), list(range(k, 32, 4))))
+        acc = builder.add(acc, lanes)
+    return acc
+
+
+def _pair_sums(builder, a, b):
+    """(8 x i32, 8 x i32) -> 8 x i32: sums of adjacent lanes of a, then of b (phaddd's result, in order)."""
+    ev = ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
+    od = ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
+    return builder.add(builder.shuffle_vector(a, b, ev), builder.shuffle_vector(a, b, od))
+
+
+def _block_totals(builder, vs):
+    """8 x i32 vectors -> one 8 x i32 vector of block sums (exact): from eight vectors, lane i sums
+    vs[i]; from four (two blocks each), lane 2i sums lanes 0-3 of vs[i] and lane 2i+1 lanes 4-7."""
+    while len(vs) > 1:
+        vs = [_pair_sums(builder, vs[i], vs[i + 1]) for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
+@intrinsic
+def q8_dot(typingctx, codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs, n_blocks, res, n_rows, kind):
+    """Dots of one quantized weight row with ``n_rows`` (a literal 1..4) int8-quantized activation rows.
+
+    Blocks of 32 weights; ``kind`` (a literal) says what the codes are:
+    - "u8" / "i8": block g is 32 bytes at codes[g * c_stride + c_off], times x[b, 32g : 32g + 32].
+    - "nib" (MLX int4, blocks back to back) / "nib_blocks" (ggml Q4, 16 code bytes per block at
+      g * c_stride + c_off): 4-bit codes, taken two blocks at a time. For the pair (g, g+1) the
+      activations x[b, 32g : 32g + 64] are the low nibbles' partners of g then g+1 (16 each), then
+      the high nibbles' partners of g then g+1 (kernels.quant.quantize_act lays them out so).
+    res[b] = sum_g (wscale[g] * dx[b, g] * idot_g + wmin[g] * xs[b, g]), idot_g the exact integer dot.
+    wscale, wmin and the columns of dx, xs are padded with zeros to a multiple of 8 blocks: eight
+    blocks' integer sums are gathered into one vector and scaled with one FMA. The nibble kinds need
+    an even block count. Each token's float arithmetic is the same whatever n_rows is.
+    """
+    _check_array(codes, types.uint8, "codes")
+    for a in (wscale, wmin):
+        _check_array(a, types.float32, "wscale, wmin")
+    _check_array(res, types.float32, "res")
+    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
+        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == dt):
+            raise TypingError(f"activations must be C-contiguous 2-D {dt} arrays, got {a}")
+    if not isinstance(n_rows, types.IntegerLiteral) or not 1 <= n_rows.literal_value <= Q8_MAX_B:
+        raise TypingError(f"n_rows must be an integer literal in 1..{Q8_MAX_B}")
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in Q8_KINDS:
+        raise TypingError(f"kind must be a literal in {Q8_KINDS}")
+    nb, code_kind = n_rows.literal_value, kind.literal_value
+    sig = types.none(codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs, n_blocks, res, n_rows, kind)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        cp = _ptr(context, builder, at[0], args[0])
+        xa = context.make_array(at[3])(context, builder, value=args[3])
+        wp = _ptr(context, builder, at[5], args[5])
+        mp = _ptr(context, builder, at[6], args[6])
+        dxa = context.make_array(at[7])(context, builder, value=args[7])
+        xsa = context.make_array(at[8])(context, builder, value=args[8])
+        rp = _ptr(context, builder, at[10], args[10])
+        cs, co, xstr, ng = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 9))
+        row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
+        zero_i = ir.Constant(_VI32x8, None)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
+        concat = ir.Constant(ir.VectorType(_I32, 32), list(range(32)))
+        fifteen = ir.Constant(_VI8x32, [15] * 32)
+        four = ir.Constant(_VI8x32, [4] * 32)
+        eight = ir.Constant(_I64, 8)
+
+        def code_vectors(g):
+            # the u8 operand(s) of block g (u8/i8) or of the pair g, g+1 (nibbles), and i8's sign mask
+            base = builder.add(builder.mul(g, cs), co)
+            if code_kind == "nib":
+                raw = _load_vec(builder, cp, builder.add(builder.mul(g, ir.Constant(_I64, 16)), co), _VI8x32, 1)
+            elif code_kind == "nib_blocks":
+                a = _load_vec(builder, cp, base, _VI8x16, 1)
+                b = _load_vec(builder, cp, builder.add(base, cs), _VI8x16, 1)
+                raw = builder.shuffle_vector(a, b, concat)
+            else:
+                w = _load_vec(builder, cp, base, _VI8x32, 1)
+                if code_kind == "u8":
+                    return [w], None
+                neg = builder.icmp_signed("<", w, ir.Constant(_VI8x32, None))  # |w| as u8, sign onto x
+                return [builder.select(neg, builder.neg(w), w)], neg
+            return [builder.and_(raw, fifteen), builder.and_(builder.lshr(raw, four), fifteen)], None
+
+        def unit_sums(g):
+            # per token: one 8 x i32 vector (u8/i8: block g; nibbles: lanes 0-3 g, 4-7 g+1)
+            ws_, neg = code_vectors(g)
+            out = []
+            for b in range(nb):
+                off = builder.add(builder.mul(ir.Constant(_I64, b), row_x), builder.mul(g, ir.Constant(_I64, 32)))
+                acc = zero_i
+                for k, w in enumerate(ws_):
+                    xv = _load_vec(builder, xa.data, builder.add(off, ir.Constant(_I64, 32 * k)), _VI8x32, 1)
+                    if neg is not None:
+                        xv = builder.select(neg, builder.neg(xv), xv)
+                    acc = _dot4(builder, acc, w, xv)
+                out.append(acc)
+            return out
+
+        step = 2 if code_kind.startswith("nib") else 1  # blocks per unit
+
+        def octet(m, checked):
+            g0 = builder.mul(m, eight)
+            per_unit = []
+            for i in range(0, 8, step):
+                g = builder.add(g0, ir.Constant(_I64, i))
+                if not checked:
+                    per_unit.append(unit_sums(g))
+                    continue
+                slots = [cgutils.alloca_once_value(builder, zero_i) for _ in range(nb)]
+                with builder.if_then(builder.icmp_unsigned("<", g, ng)):
+                    for slot, v in zip(slots, unit_sums(g)):
+                        builder.store(v, slot)
+                per_unit.append([builder.load(slot) for slot in slots])
+            c8 = _load_vec(builder, wp, g0, _VF8, 4)
+            m8 = _load_vec(builder, mp, g0, _VF8, 4)
+            for b in range(nb):
+                totals = builder.sitofp(_block_totals(builder, [u[b] for u in per_unit]), _VF8)
+                off = builder.add(builder.mul(ir.Constant(_I64, b), row_d), g0)
+                d8 = _load_vec(builder, dxa.data, off, _VF8, 4)
+                s8 = _load_vec(builder, xsa.data, off, _VF8, 4)
+                acc = builder.load(accs[b])
+                acc = _fma(builder, totals, builder.fmul(c8, d8), acc)
+                builder.store(_fma(builder, m8, s8, acc), accs[b])
+
+        full = builder.udiv(ng, eight)
+        with cgutils.for_range(builder, full) as loop:
+            octet(loop.index, False)
+        with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, eight), ir.Constant(_I64, 0))):
+            octet(full, True)
+        for b in range(nb):
+            builder.store(_hsum(builder, builder.load(accs[b])), builder.gep(rp, [ir.Constant(_I64, b)]))
         return context.get_dummy_value()
 
     return sig, codegen
