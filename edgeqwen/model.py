@@ -83,11 +83,13 @@ class Qwen3Model:
         return mats
 
     def set_exact_dots(self, exact: bool) -> None:
-        """exact=True: quantized weights meet float32 activations in decode (the reference numbers);
+        """exact=True: MLX int4/int8 weights meet float32 activations in decode (the reference numbers);
         False (the default): int8-quantized activations and integer dot products (llama.cpp's
         scheme, about twice as fast for int4; logits move by the activation rounding)."""
+        from .weights import Affine
+
         for w in self.matrices():
-            if hasattr(w, "int8_activations"):
+            if isinstance(w, Affine):  # GGUF blocks keep float32 activations (see weights.Blocks)
                 w.int8_activations = not exact
 
     def weight_bytes(self) -> int:

@@ -30,3 +30,27 @@ def test_bench_rejects_bad_threads(tiny_model_dir):
     p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "-m", str(tiny_model_dir), "-t", "0"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "thread counts must be between 1 and" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bench_kernels_json(tmp_path):
+    out = tmp_path / "k.json"
+    p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "--kernels", "--formats",
+                        "bf16,int4-g64,int4-g64:exact,fp8,Q4_0", "--shapes", "64x256", "--ops", "matvec,batch4",
+                        "-t", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "GB/s" in p.stdout and "int4-g64:exact" in p.stdout
+    r = json.loads(out.read_text())
+    run = r["runs"][0]
+    assert run["threads"] == 1 and run["read_bandwidth_gbps"] > 0 and run["fma_peak_gflops"] > 0
+    rows = run["rows"]
+    assert len(rows) == 10
+    for row in rows:
+        assert {"format", "n", "k", "op", "ms", "gbps", "gflops", "pct_bandwidth", "pct_fma_peak"} <= set(row)
+    assert all("speedup_vs_matvec" in row for row in rows if row["op"] == "batch4")
+
+
+def test_bench_kernels_rejects_bad_input():
+    for args in (["--formats", "int3"], ["--shapes", "64x100"], ["--ops", "matvec,batch16"]):
+        p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "--kernels", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

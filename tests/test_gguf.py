@@ -167,3 +167,39 @@ def test_default_model_answers(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "embedded default model" in p.stderr
     assert "Paris" in p.stdout
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("n,k", [(7, 256), (33, 1024), (3, 2304)])
+def test_int8_activation_block_kernels(kind, n, k):
+    # llama.cpp's decode: activations rounded to Q8_0 (Q8_1 for Q4_1: its block sum is stored as f16)
+    # then integer dots; emulated in NumPy, the kernel must agree to float rounding
+    from edgeqwen.kernel_bench import _GGUF_LAYOUT, make_weight
+
+    rng = np.random.default_rng(n)
+    w = make_weight(kind, n, k, seed=n)
+    size, _, offsets = _GGUF_LAYOUT[kind]
+    raw = w.raw.reshape(n, k // 32, size)
+    for o in offsets:
+        raw[:, :, o:o + 2] = rng.uniform(-0.02, 0.02, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    ref = w.row_f32().astype(np.float64)
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    xb = x.reshape(6, -1, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    d32 = amax / np.float32(127)
+    q = np.rint(xb * (np.float32(127) / amax))
+    d = d32.astype(np.float16).astype(np.float32)
+    if kind == "Q4_1":  # w = dw * c + m: the m term meets llama.cpp's f16 block sum d * sum(q)
+        blocks = ref.reshape(n, -1, 32)
+        mins = raw[:, :, 2:4].copy().view(np.float16).astype(np.float64)[..., 0]  # (n, K/32)
+        s = (d32[..., 0] * q.sum(-1)).astype(np.float16).astype(np.float64)  # (6, K/32)
+        want = np.einsum("bgj,ngj->bn", q * d, blocks - mins[..., None]) + s @ mins.T
+    else:
+        want = (q * d).reshape(6, k) @ ref.T
+    w.int8_activations = True  # opt-in for GGUF blocks
+    out = np.full((6, n), np.nan, np.float32)
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())
+    one = np.empty((1, n), np.float32)
+    w.matvec(x[4:5], one)
+    np.testing.assert_array_equal(one[0], out[4])

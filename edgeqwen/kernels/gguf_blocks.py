@@ -11,7 +11,8 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, _dot, tile_matmul
 from .numeric import to_f32
-from .simd import byte_dot, nibble_dot
+from .quant import q8_rows_dot
+from .simd import Q8_MAX_B, byte_dot, nibble_dot
 
 JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
@@ -145,6 +146,28 @@ def blocks_matvec(raw, qtype, x, xsum, out):
                 deq_row(raw[r], qtype, row)
                 for b in range(x.shape[0]):
                     out[b, r] = _dot(row, x[b])
+
+
+@njit(parallel=True, **JIT)
+def blocks_matvec_q8(raw, qtype, xq, dx, xs, out):
+    # llama.cpp's own decode: Q4_0 / Q4_1 / Q8_0 rows times int8 activations (quant.quantize_act,
+    # ggml nibble order for Q4, f16-rounded block scales); xq (B, K) i8, dx, xs (B, NB8) f32
+    n = raw.shape[0]
+    nb = xq.shape[1] // 32
+    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n_tasks):
+        d = np.zeros(dx.shape[1], np.float32)  # per block, zero-padded to whole octets
+        m = np.zeros(dx.shape[1], np.float32)
+        res = np.empty(Q8_MAX_B, np.float32)
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            if qtype == Q8_0:
+                for bl in range(nb):
+                    d[bl] = _f16(raw[r], bl * 34)
+                q8_rows_dot(raw[r], 34, 2, xq, 32, d, m, dx, xs, nb, res, out, r, "i8")
+            else:
+                size = 18 if qtype == Q4_0 else 20
+                _block_scales(raw[r], size, d[:nb], m[:nb], qtype == Q4_1)
+                q8_rows_dot(raw[r], size, size - 16, xq, 32, d, m, dx, xs, nb, res, out, r, "nib_blocks")
 
 
 @njit(parallel=True, **JIT)

@@ -46,6 +46,7 @@ def split_even_odd(x, xe, xo, xsum, gs):
 
 
 ORDER_PLAIN, ORDER_MLX4, ORDER_GGML4 = 0, 1, 2
+HALF_NONE, HALF_Q8_0, HALF_Q8_1 = 0, 1, 2
 
 
 @njit(**JIT)
@@ -55,8 +56,9 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
     # zero past the K/32 blocks (q8_dot pads to whole octets of blocks).
     # order: ORDER_PLAIN in order; ORDER_MLX4 / ORDER_GGML4 per pair of blocks, the partners of the
     # low nibbles of both blocks then of the high nibbles (simd.q8_dot): MLX int4 byte j holds
-    # elements 2j, 2j+1; a ggml Q4 byte j holds elements j, j+16. half_scale: d and d * sum(q)
-    # rounded through float16, as llama.cpp stores them.
+    # elements 2j, 2j+1; a ggml Q4 byte j holds elements j, j+16. half_scale: HALF_NONE keeps d in
+    # float32; HALF_Q8_0 rounds d through float16 (llama.cpp's Q8_0), HALF_Q8_1 also the stored
+    # sum d * sum(q) (llama.cpp's Q8_1, which Q4_1 dots use).
     q = np.empty(32, np.int32)
     nb = x.shape[1] // 32
     for b in range(x.shape[0]):
@@ -82,9 +84,12 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
             else:
                 for j in range(32):
                     xq[b, 32 * g + j] = q[j]
-            s = d * np.float32(total)
-            dx[b, g] = f16_round(d) if half_scale else d
-            xs[b, g] = f16_round(s) if half_scale else s
+            if half_scale == HALF_Q8_1:
+                dx[b, g] = f16_round(d)
+                xs[b, g] = f16_round(d * np.float32(total))
+            else:
+                dx[b, g] = f16_round(d) if half_scale == HALF_Q8_0 else d
+                xs[b, g] = dx[b, g] * np.float32(total)
         for g in range(nb, dx.shape[1]):
             dx[b, g] = 0.0
             xs[b, g] = 0.0
