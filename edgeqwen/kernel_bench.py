@@ -8,6 +8,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from .synth import f32_to_bf16 as _bf16
 from .weights import Affine, Blocks, Dense, Fp8Block
 
 # (N, K): q/o 1024x1024 (0.6B), k/v-sized and MLP of 0.6B, the 151936-row lm_head, the 4B MLP
@@ -18,10 +19,6 @@ OPS = {"matvec": 1, "batch4": 4, "batch8": 8, "prefill128": 128}  # tokens per c
 # byte offsets of the f16 scales in one block of each llama.cpp type: (block bytes, weights, offsets)
 _GGUF_LAYOUT = {"Q8_0": (34, 32, (0,)), "Q4_0": (18, 32, (0,)), "Q4_1": (20, 32, (0, 2)),
                 "Q4_K": (144, 256, (0, 2)), "Q6_K": (210, 256, (208,))}
-
-
-def _bf16(a: np.ndarray) -> np.ndarray:
-    return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
 def make_weight(fmt: str, n: int, k: int, seed: int = 0):

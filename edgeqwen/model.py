@@ -11,6 +11,7 @@ from .errors import EdgeQwenError
 from .kernels import attention as attn_k
 from .kernels import ops
 from .kvcache import BatchKVCache, KVCache
+from .weights import Affine
 
 PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
 
@@ -86,8 +87,6 @@ class Qwen3Model:
         """exact=True: MLX int4/int8 weights meet float32 activations in decode (the reference numbers);
         False (the default): int8-quantized activations and integer dot products (llama.cpp's
         scheme, about twice as fast for int4; logits move by the activation rounding)."""
-        from .weights import Affine
-
         for w in self.matrices():
             if isinstance(w, Affine):  # GGUF blocks keep float32 activations (see weights.Blocks)
                 w.int8_activations = not exact

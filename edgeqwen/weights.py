@@ -30,6 +30,20 @@ def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
     out[:] = op[:t]
 
 
+def quantized_activations(cache: dict, x: np.ndarray, order: int, half_scale: int):
+    """x (B, K) -> (xq, dx, xs) for the integer-dot kernels (kernels.quant.quantize_act), into
+    buffers kept in ``cache`` per batch size: (B, K) int8 codes and (B, NB8) block scales and
+    scaled block sums, NB8 the K/32 blocks padded to whole octets."""
+    b, k = x.shape
+    bufs = cache.get(b)
+    if bufs is None:
+        nb8 = -(-k // 256) * 8
+        bufs = cache[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
+                           np.empty((b, nb8), np.float32))
+    quant.quantize_act(x, *bufs, order, half_scale)
+    return bufs
+
+
 class Dense:
     """A bf16 / f16 / f32 matrix used exactly as stored (see kernels.numeric for the views)."""
 
@@ -96,18 +110,9 @@ class Affine:
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
+        self._q8_kernel = bits == 8 or self.shape[1] % 64 == 0  # 4-bit codes go two blocks at a time
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
         self._prep_q8: dict[int, tuple] = {}
-
-    def _buffers_q8(self, b: int):
-        bufs = self._prep_q8.get(b)
-        if bufs is None:
-            k = self.shape[1]
-            nb8 = -(-k // 256) * 8  # blocks of 32, padded to whole octets
-            # (B, K) int8 activations; (B, NB8) block scales and scaled block sums
-            bufs = self._prep_q8[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
-                                       np.empty((b, nb8), np.float32))
-        return bufs
 
     def _buffers(self, b: int):
         bufs = self._prep.get(b)
@@ -120,9 +125,9 @@ class Affine:
         return bufs
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        if self.int8_activations and (self.bits == 8 or self.shape[1] % 64 == 0):
-            xq, dx, xs = self._buffers_q8(x.shape[0])
-            quant.quantize_act(x, xq, dx, xs, quant.ORDER_MLX4 if self.bits == 4 else quant.ORDER_PLAIN, quant.HALF_NONE)
+        if self.int8_activations and self._q8_kernel:
+            order = quant.ORDER_MLX4 if self.bits == 4 else quant.ORDER_PLAIN
+            xq, dx, xs = quantized_activations(self._prep_q8, x, order, quant.HALF_NONE)
             quant.affine_matvec_q8(self.wq, self.scales, self.biases, self.bits, xq, dx, xs, out)
             return
         xe, xo, xsum = self._buffers(x.shape[0])
@@ -298,7 +303,6 @@ class Blocks:
         self.shape = shape
         self.nbytes = raw.nbytes
         self._xsum: dict[int, np.ndarray] = {}  # B -> (B, K/32) block sums of the activations
-        # decode with int8-quantized activations as llama.cpp does (Q8_0, Q4_0, Q4_1)
         # llama.cpp-style int8 activations are opt-in here: on SmolLM2 they agreed less with llama.cpp
         # (teacher-forced top-1 0.965 vs 0.972) and changed its answer to the README's question
         self.int8_activations = False
@@ -307,15 +311,9 @@ class Blocks:
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.int8_activations and self._q8_kernel:
-            bufs = self._prep_q8.get(x.shape[0])
-            if bufs is None:
-                k, b = self.shape[1], x.shape[0]
-                nb8 = -(-k // 256) * 8
-                bufs = self._prep_q8[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
-                                           np.empty((b, nb8), np.float32))
-            xq, dx, xs = bufs
             order = quant.ORDER_PLAIN if self.kind == "Q8_0" else quant.ORDER_GGML4
-            quant.quantize_act(x, xq, dx, xs, order, quant.HALF_Q8_1 if self.kind == "Q4_1" else quant.HALF_Q8_0)
+            half = quant.HALF_Q8_1 if self.kind == "Q4_1" else quant.HALF_Q8_0
+            xq, dx, xs = quantized_activations(self._prep_q8, x, order, half)
             gguf_blocks.blocks_matvec_q8(self.raw, self.qtype, xq, dx, xs, out)
             return
         xsum = self._xsum.get(x.shape[0])

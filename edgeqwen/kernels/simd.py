@@ -81,15 +81,17 @@ def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
     return _hsum(builder, total)
 
 
+def _call(builder, name, ret, args):
+    """Call the LLVM intrinsic ``name`` (declared in the module on first use) returning ``ret``."""
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
+    return builder.call(fn, args)
+
+
 def _fma(builder, a, b, c):
     """a * b + c as one fused multiply-add (an explicit llvm.fma, so every kernel rounds the same way)."""
-    module = builder.module
-    vt = a.type
-    name = f"llvm.fma.v{vt.count}f32"
-    fn = module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(vt, [vt, vt, vt]), name=name)
-    return builder.call(fn, [a, b, c])
+    return _call(builder, f"llvm.fma.v{a.type.count}f32", a.type, [a, b, c])
 
 
 def _fma_into(builder, part, a, b):
@@ -281,12 +283,7 @@ def _dot4(builder, acc, a, b):
     With VNNI it is the instruction; elsewhere the same exact integer sums in plain IR.
     """
     if _has_vnni():
-        module = builder.module
-        name = "llvm.x86.avx512.vpdpbusd.256"
-        fn = module.globals.get(name)
-        if fn is None:
-            fn = ir.Function(module, ir.FunctionType(_VI32x8, [_VI32x8, _VI8x32, _VI8x32]), name=name)
-        return builder.call(fn, [acc, a, b])
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _VI32x8, [acc, a, b])
     vi32x32 = ir.VectorType(_I32, 32)
     prod = builder.mul(builder.zext(a, vi32x32), builder.sext(b, vi32x32))
     for k in range(4):
