@@ -11,7 +11,7 @@ from .errors import EdgeQwenError
 from .kernels import attention as attn_k
 from .kernels import ops
 from .kvcache import BatchKVCache, KVCache
-from .weights import Affine
+from .weights import Affine, matvec_group
 
 PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
 
@@ -170,9 +170,12 @@ class Qwen3Model:
         mm = "matvec" if t == 1 else "matmul"  # decode kernel for one token, prefill kernel for more
         for li, layer in enumerate(self.layers):
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            getattr(layer.q_proj, mm)(ws.h, q2)
-            getattr(layer.k_proj, mm)(ws.h, k2)
-            getattr(layer.v_proj, mm)(ws.h, v2)
+            if t == 1:
+                matvec_group((layer.q_proj, layer.k_proj, layer.v_proj), ws.h, (q2, k2, v2))
+            else:
+                layer.q_proj.matmul(ws.h, q2)
+                layer.k_proj.matmul(ws.h, k2)
+                layer.v_proj.matmul(ws.h, v2)
             if layer.q_bias is not None:
                 q2 += layer.q_bias
                 k2 += layer.k_bias
@@ -184,8 +187,11 @@ class Qwen3Model:
             getattr(layer.o_proj, mm)(attn2, ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            getattr(layer.gate_proj, mm)(ws.h, ws.gate)
-            getattr(layer.up_proj, mm)(ws.h, ws.up)
+            if t == 1:
+                matvec_group((layer.gate_proj, layer.up_proj), ws.h, (ws.gate, ws.up))
+            else:
+                layer.gate_proj.matmul(ws.h, ws.gate)
+                layer.up_proj.matmul(ws.h, ws.up)
             ops.silu_mul(ws.gate, ws.up, ws.gate)
             getattr(layer.down_proj, mm)(ws.gate, ws.o)
             ops.add_inplace(x, ws.o)
@@ -216,9 +222,7 @@ class Qwen3Model:
         q2, k2, v2 = ws.q.reshape(b, -1), ws.k.reshape(b, -1), ws.v.reshape(b, -1)
         for li, layer in enumerate(self.layers):
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.q_proj.matvec(ws.h, q2)
-            layer.k_proj.matvec(ws.h, k2)
-            layer.v_proj.matvec(ws.h, v2)
+            matvec_group((layer.q_proj, layer.k_proj, layer.v_proj), ws.h, (q2, k2, v2))
             if layer.q_bias is not None:
                 q2 += layer.q_bias
                 k2 += layer.k_bias
@@ -230,8 +234,7 @@ class Qwen3Model:
             layer.o_proj.matvec(ws.attn.reshape(b, -1), ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.gate_proj.matvec(ws.h, ws.gate)
-            layer.up_proj.matvec(ws.h, ws.up)
+            matvec_group((layer.gate_proj, layer.up_proj), ws.h, (ws.gate, ws.up))
             ops.silu_mul(ws.gate, ws.up, ws.gate)
             layer.down_proj.matvec(ws.gate, ws.o)
             ops.add_inplace(x, ws.o)

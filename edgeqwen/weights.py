@@ -124,11 +124,15 @@ class Affine:
             bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
         return bufs
 
+    def _q8_key(self):
+        """What decides the int8-activation kernel and its activation layout (None: float path)."""
+        if not (self.int8_activations and self._q8_kernel):
+            return None
+        return self.bits, self.group_size, self.shape[1], self.scales.dtype
+
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        if self.int8_activations and self._q8_kernel:
-            order = quant.ORDER_MLX4 if self.bits == 4 else quant.ORDER_PLAIN
-            xq, dx, xs = quantized_activations(self._prep_q8, x, order, quant.HALF_NONE)
-            quant.affine_matvec_q8(self.wq, self.scales, self.biases, self.bits, xq, dx, xs, out)
+        if self._q8_key() is not None:
+            _affine_q8_matvecs((self,), x, (out,))
             return
         xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
@@ -152,6 +156,27 @@ class Affine:
         rows = quant.affine4_rows if self.bits == 4 else quant.affine8_rows
         rows(self.wq, self.scales, self.biases, 0, n, tile)
         return tile
+
+
+def _affine_q8_matvecs(ws: tuple, x: np.ndarray, outs: tuple) -> None:
+    # Affine weights with one _q8_key: the activations quantized once, every row in one parallel loop
+    w0 = ws[0]
+    order = quant.ORDER_MLX4 if w0.bits == 4 else quant.ORDER_PLAIN
+    xq, dx, xs = quantized_activations(w0._prep_q8, x, order, quant.HALF_NONE)
+    kernel = quant.affine_matvec_q8(w0.bits, w0.group_size // 32)
+    kernel(tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws), xq, dx, xs, outs)
+
+
+def matvec_group(ws: tuple, x: np.ndarray, outs: tuple) -> None:
+    """outs[i] = x @ ws[i].T for decode weights that share one input (q/k/v, gate/up): one kernel
+    launch and one activation rounding when they are int8-activation Affine weights of one layout,
+    else each weight's own matvec."""
+    key = ws[0]._q8_key() if isinstance(ws[0], Affine) else None
+    if key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:]):
+        _affine_q8_matvecs(tuple(ws), x, tuple(outs))
+        return
+    for w, out in zip(ws, outs):
+        w.matvec(x, out)
 
 
 class Fp8Block:

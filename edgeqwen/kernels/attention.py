@@ -11,7 +11,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-JIT = dict(cache=True, fastmath=True, nogil=True)
+from .numeric import JIT, exp_f32
+
 BLOCK = 128
 NEG_BIG = np.float32(-1e30)  # not -inf: fastmath lets LLVM assume no infinities
 
@@ -41,10 +42,10 @@ def _attend(qt, k_cache, v_cache, n_keys, g, s, o):
                 s[h, p - b0] = acc
                 bmax = max(bmax, acc)
             m_new = max(m[h], bmax)
-            corr = np.float32(math.exp(m[h] - m_new))
+            corr = exp_f32(m[h] - m_new)
             total = np.float32(0.0)
             for p in range(b0, b1):
-                e = np.float32(math.exp(s[h, p - b0] - m_new))
+                e = exp_f32(s[h, p - b0] - m_new)
                 s[h, p - b0] = e
                 total += e
             l[h] = l[h] * corr + total

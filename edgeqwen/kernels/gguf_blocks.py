@@ -10,11 +10,10 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, _dot, tile_matmul
-from .numeric import to_f32
+from .numeric import JIT, to_f32
 from .quant import q8_rows_dot
 from .simd import Q8_MAX_B, byte_dot, nibble_dot
 
-JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
 Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = 8, 2, 3, 12, 14
 

@@ -12,9 +12,8 @@ chunking never change a sequence's numbers.
 import numpy as np
 from numba import njit, prange
 
-from .numeric import to_f32
+from .numeric import JIT, to_f32
 
-JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 64
 
 

@@ -9,9 +9,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .numeric import to_f32
+from .numeric import JIT, exp_f32, to_f32
 
-JIT = dict(cache=True, fastmath=True, nogil=True)
 
 
 @njit(**JIT)
@@ -122,7 +121,7 @@ def silu_mul(gate, up, out):
     for t in range(gate.shape[0]):
         for j in range(gate.shape[1]):
             g = gate[t, j]
-            out[t, j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
+            out[t, j] = g / (np.float32(1.0) + exp_f32(-g)) * up[t, j]
 
 
 @njit(**JIT)

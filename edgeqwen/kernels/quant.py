@@ -10,14 +10,15 @@ exponent/mantissa field and multiplying by 2**120 (which also gets the subnormal
 2**120 is folded into the block scale, so the inner loop is shift, bitcast, FMA.
 """
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
-from .numeric import e4m3_unscaled, f16_round, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import MAX_B, Q8_MAX_B, byte_dot, nibble_dot, nibble_dot_multi, q8_dot
+from .numeric import JIT, e4m3_unscaled, f16_round, nib_hi, nib_lo, to_f32, u8_to_f32
+from .simd import AFFINE_MAX_B, MAX_B, Q8_MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, q8_dot
 
-JIT = dict(cache=True, fastmath=True, nogil=True)
 ROWS_PER_TASK = 16
 E4M3_RESCALE = np.float32(2.0 ** 120)
 
@@ -54,9 +55,10 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
     # x: (B, K) f32 -> int8 codes per block of 32 (llama.cpp's Q8_0): d = max|x| / 127,
     # q = round(x * 127 / max|x|); xq: (B, K) i8. dx, xs: (B, NB8) f32 block scale d and d * sum(q),
     # zero past the K/32 blocks (q8_dot pads to whole octets of blocks).
-    # order: ORDER_PLAIN in order; ORDER_MLX4 / ORDER_GGML4 per pair of blocks, the partners of the
-    # low nibbles of both blocks then of the high nibbles (simd.q8_dot): MLX int4 byte j holds
-    # elements 2j, 2j+1; a ggml Q4 byte j holds elements j, j+16. half_scale: HALF_NONE keeps d in
+    # order: ORDER_PLAIN in order; ORDER_GGML4 per pair of blocks, the partners of the low nibbles
+    # of both blocks then of the high nibbles (simd.q8_dot); ORDER_MLX4 the same per quad of blocks,
+    # a last pair as ORDER_GGML4 (simd.affine_q8_dot). MLX int4 byte j holds elements 2j, 2j+1; a
+    # ggml Q4 byte j holds elements j, j+16. half_scale: HALF_NONE keeps d in
     # float32; HALF_Q8_0 rounds d through float16 (llama.cpp's Q8_0), HALF_Q8_1 also the stored
     # sum d * sum(q) (llama.cpp's Q8_1, which Q4_1 dots use).
     q = np.empty(32, np.int32)
@@ -74,9 +76,13 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
                 total += q[j]
             base = 64 * (g // 2) + 16 * (g % 2)  # this block's low-nibble partners in its pair
             if order == ORDER_MLX4:
+                hi = 32
+                if g < nb // 4 * 4:  # in a quad: four blocks' low partners, then their high ones
+                    base = 128 * (g // 4) + 16 * (g % 4)
+                    hi = 64
                 for j in range(16):
                     xq[b, base + j] = q[2 * j]
-                    xq[b, base + 32 + j] = q[2 * j + 1]
+                    xq[b, base + hi + j] = q[2 * j + 1]
             elif order == ORDER_GGML4:
                 for j in range(16):
                     xq[b, base + j] = q[j]
@@ -116,50 +122,55 @@ def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, 
         b0 = e
 
 
-@njit(inline="always", **JIT)
-def _expand_groups(srow, brow, per, wscale, wmin):
-    # one row's group scales and biases -> per-block float32 (per = blocks per group: 1, 2 or 4);
-    # a loop per case, so each vectorises with a constant stride
-    if per == 1:
-        for g in range(srow.shape[0]):
-            wscale[g] = to_f32(srow[g])
-            wmin[g] = to_f32(brow[g])
-    elif per == 2:
-        for g in range(srow.shape[0]):
-            s = to_f32(srow[g])
-            m = to_f32(brow[g])
-            wscale[2 * g] = s
-            wscale[2 * g + 1] = s
-            wmin[2 * g] = m
-            wmin[2 * g + 1] = m
-    else:
-        for g in range(srow.shape[0]):
-            s = to_f32(srow[g])
-            m = to_f32(brow[g])
-            for i in range(4):
-                wscale[4 * g + i] = s
-                wmin[4 * g + i] = m
+@lru_cache(maxsize=None)
+def affine_matvec_q8(bits, per):
+    """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
+    blocks of 32 per group: kernel(wqs, scales, biases, xq, dx, xs, outs), each of wqs, scales, biases,
+    outs a tuple of one to three matrices that share the activations (q/k/v, gate/up), run as one
+    parallel loop. Compiled per (bits, per): the group-scale loads and code unpacking are constants
+    of the generated code."""
 
+    @njit(parallel=True, **JIT)
+    def kernel(wqs, scales, biases, xq, dx, xs, outs):
+        # wqs[i] (N_i, K*bits/8) u8; scales[i], biases[i] (N_i, G) stored dtype; outs[i] (B, N_i) f32;
+        # xq (B, K) i8, dx, xs (B, NB8) f32 from quantize_act (ORDER_MLX4 for 4 bits)
+        nb = xq.shape[1] // 32
+        n_b = xq.shape[0]
+        n_mats = len(wqs)
+        first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
+        for i in range(n_mats):
+            first[i + 1] = first[i] + (wqs[i].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        for t in prange(first[n_mats]):
+            i = 0
+            while t >= first[i + 1]:
+                i += 1
+            wq, sc, bi, out = wqs[i], scales[i], biases[i], outs[i]
+            res = np.empty(AFFINE_MAX_B, np.float32)
+            r0 = (t - first[i]) * ROWS_PER_TASK
+            for r in range(r0, min(wq.shape[0], r0 + ROWS_PER_TASK)):
+                wr, sr, br = wq[r], sc[r], bi[r]
+                if n_b == 1:  # decode of one sequence: no batch bookkeeping in the way
+                    affine_q8_dot(wr, sr, br, xq, dx, xs, nb, res, 1, bits, per)
+                    out[0, r] = res[0]
+                    continue
+                b0 = 0  # 8, 4, 2 and 1 tokens per call
+                while b0 < n_b:
+                    left = n_b - b0
+                    take = 8 if left >= 8 else 4 if left >= 4 else 2 if left >= 2 else 1
+                    e = b0 + take
+                    if take == 8:
+                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 8, bits, per)
+                    elif take == 4:
+                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 4, bits, per)
+                    elif take == 2:
+                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 2, bits, per)
+                    else:
+                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 1, bits, per)
+                    for b in range(b0, e):
+                        out[b, r] = res[b - b0]
+                    b0 = e
 
-@njit(parallel=True, **JIT)
-def affine_matvec_q8(wq, scales, biases, bits, xq, dx, xs, out):
-    # int8-activation decode: wq (N, K*bits/8) u8; scales, biases (N, G); xq (B, K) i8, dx, xs
-    # (B, NB8) f32 from quantize_act (nibble order for 4 bits); out (B, N) f32
-    n = wq.shape[0]
-    n_groups = scales.shape[1]
-    nb = xq.shape[1] // 32
-    per = nb // n_groups  # blocks of 32 per group
-    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for t in prange(n_tasks):
-        wscale = np.zeros(dx.shape[1], np.float32)  # per block, zero-padded to whole octets
-        wmin = np.zeros(dx.shape[1], np.float32)
-        res = np.empty(Q8_MAX_B, np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            _expand_groups(scales[r], biases[r], per, wscale, wmin)
-            if bits == 4:
-                q8_rows_dot(wq[r], 16, 0, xq, 32, wscale, wmin, dx, xs, nb, res, out, r, "nib")
-            else:
-                q8_rows_dot(wq[r], 32, 0, xq, 32, wscale, wmin, dx, xs, nb, res, out, r, "u8")
+    return kernel
 
 
 # -- affine int4 --------------------------------------------------------------------------------

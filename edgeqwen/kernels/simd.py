@@ -293,9 +293,10 @@ def _dot4(builder, acc, a, b):
 
 
 def _pair_sums(builder, a, b):
-    """(8 x i32, 8 x i32) -> 8 x i32: sums of adjacent lanes of a, then of b (phaddd's result, in order)."""
-    ev = ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
-    od = ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
+    """(n x i32, n x i32) -> n x i32: sums of adjacent lanes of a, then of b (phaddd's result, in order)."""
+    n = a.type.count
+    ev = ir.Constant(ir.VectorType(_I32, n), list(range(0, 2 * n, 2)))
+    od = ir.Constant(ir.VectorType(_I32, n), list(range(1, 2 * n, 2)))
     return builder.add(builder.shuffle_vector(a, b, ev), builder.shuffle_vector(a, b, od))
 
 
@@ -420,6 +421,223 @@ def q8_dot(typingctx, codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs,
             octet(full, True)
         for b in range(nb):
             builder.store(_hsum(builder, builder.load(accs[b])), builder.gep(rp, [ir.Constant(_I64, b)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# -- the MLX affine decode kernel: 64-byte units, group scales read in their stored dtype ---------
+
+_VI8x64 = ir.VectorType(ir.IntType(8), 64)
+_VI32x16 = ir.VectorType(_I32, 16)
+AFFINE_MAX_B = 8  # tokens per call of affine_q8_dot
+
+
+def _has_avx512_vnni() -> bool:
+    return {"avx512vnni", "avx512f", "avx512bw"} <= _cpu_features()
+
+
+def _dot4_64(builder, acc, a, b):
+    """acc (16 x i32) + sums of four consecutive products of a (64 x u8) and b (64 x s8)."""
+    if _has_avx512_vnni():
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.512", _VI32x16, [acc, a, b])
+    if _has_vnni():  # two 256-bit halves
+        halves = []
+        for h in range(2):
+            i32 = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * h, 8 * h + 8)))
+            i8 = ir.Constant(ir.VectorType(_I32, 32), list(range(32 * h, 32 * h + 32)))
+            halves.append(_dot4(builder, builder.shuffle_vector(acc, acc, i32), builder.shuffle_vector(a, a, i8),
+                                builder.shuffle_vector(b, b, i8)))
+        return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI32x16, list(range(16))))
+    vi32x64 = ir.VectorType(_I32, 64)
+    prod = builder.mul(builder.zext(a, vi32x64), builder.sext(b, vi32x64))
+    for k in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(prod, prod, ir.Constant(_VI32x16, list(range(k, 64, 4)))))
+    return acc
+
+
+def _widen(builder, vec, width):
+    """vec zero-extended with zero lanes to ``width`` lanes."""
+    n = vec.type.count
+    zero = ir.Constant(vec.type, None)
+    return builder.shuffle_vector(vec, zero, ir.Constant(ir.VectorType(_I32, width), list(range(n)) +
+                                                         [n] * (width - n)))
+
+
+def _octet_totals(builder, units):
+    """16 x i32 unit sums covering eight blocks in order (each block a run of equal-size lanes)
+    -> one 8 x i32 vector of the eight block sums (exact integer adds)."""
+    vs = units
+    while len(vs) > 1:
+        vs = [_pair_sums(builder, vs[i], vs[i + 1]) for i in range(0, len(vs), 2)]
+    v = vs[0]
+    if v.type.count == 16:
+        v = _pair_sums(builder, v, v)
+        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
+    return v
+
+
+def _stored_to_f32(builder, v, dtype):
+    """Vector (or scalar) of stored scale elements -> float32 (numeric.to_f32's dtype map)."""
+    if dtype == types.float32:
+        return v
+    vec = isinstance(v.type, ir.VectorType)
+    i32 = ir.VectorType(_I32, v.type.count) if vec else _I32
+    f32 = ir.VectorType(_F32, v.type.count) if vec else _F32
+    if dtype == types.uint16:  # bfloat16
+        sixteen = ir.Constant(i32, [16] * v.type.count) if vec else ir.Constant(_I32, 16)
+        return builder.bitcast(builder.shl(builder.zext(v, i32), sixteen), f32)
+    half = ir.VectorType(ir.HalfType(), v.type.count) if vec else ir.HalfType()
+    return builder.fpext(builder.bitcast(v, half), f32)
+
+
+@intrinsic
+def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per):
+    """Dots of one MLX affine row (``bits`` 4 or 8, literal) with ``n_rows`` (literal 1..8) int8-quantized
+    activation rows: res[b] = sum_g (scale_g * dx[b, g] * idot_g + bias_g * xs[b, g]) over blocks g of
+    32 weights, scale_g / bias_g the row's group values (stored dtype: uint16 bf16, int16 f16 or f32)
+    for the group of block g, ``per`` (literal 1, 2, 4) blocks per group.
+
+    Codes are taken 64 bytes at a time: four blocks for 4 bits, two for 8. For 4 bits the activations
+    of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
+    the high nibbles (16 each); a last pair of blocks (n_blocks % 4 == 2) as q8_dot's "nib" pair
+    (quant.quantize_act, ORDER_MLX4). n_blocks must be even for 4 bits. dx, xs are zero-padded to
+    whole octets. The float arithmetic per octet is q8_dot's, and each token's is the same whatever
+    n_rows is.
+    """
+    _check_array(codes, types.uint8, "codes")
+    _check_array(res, types.float32, "res")
+    for a in (scales, biases):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                and a.dtype in (types.uint16, types.int16, types.float32)):
+            raise TypingError(f"scales, biases must be C-contiguous 1-D uint16/int16/float32 arrays, got {a}")
+    if scales.dtype != biases.dtype:
+        raise TypingError("scales and biases must share a dtype")
+    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
+        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == dt):
+            raise TypingError(f"activations must be C-contiguous 2-D {dt} arrays, got {a}")
+    for lit, allowed, what in ((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"),
+                               (per, (1, 2, 4), "per")):
+        if not isinstance(lit, types.IntegerLiteral) or lit.literal_value not in allowed:
+            raise TypingError(f"{what} must be an integer literal in {tuple(allowed)}")
+    nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
+    sig = types.none(codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        cp = _ptr(context, builder, at[0], args[0])
+        sp = _ptr(context, builder, at[1], args[1])
+        bp = _ptr(context, builder, at[2], args[2])
+        xa = context.make_array(at[3])(context, builder, value=args[3])
+        dxa = context.make_array(at[4])(context, builder, value=args[4])
+        xsa = context.make_array(at[5])(context, builder, value=args[5])
+        rp = _ptr(context, builder, at[7], args[7])
+        ng = _i64(context, builder, args[6], at[6])
+        row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
+        zero16 = ir.Constant(_VI32x16, None)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
+        fifteen = ir.Constant(_VI8x64, [15] * 64)
+        four = ir.Constant(_VI8x64, [4] * 64)
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+
+        def xvec(b, off, ty):
+            return _load_vec(builder, xa.data, builder.add(builder.mul(c(b), row_x), off), ty, 1)
+
+        def full_unit(u):
+            # 64 code bytes at 64u: four blocks (4 bits) or two (8 bits) -> per token 16 x i32
+            raw = _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x64, 1)
+            if nbits == 8:
+                return [_dot4_64(builder, zero16, raw, xvec(b, builder.mul(u, c(64)), _VI8x64)) for b in range(nb)]
+            lo = builder.and_(raw, fifteen)
+            hi = builder.and_(builder.lshr(raw, four), fifteen)
+            out = []
+            for b in range(nb):
+                acc = _dot4_64(builder, zero16, lo, xvec(b, builder.mul(u, c(128)), _VI8x64))
+                out.append(_dot4_64(builder, acc, hi, xvec(b, builder.add(builder.mul(u, c(128)), c(64)), _VI8x64)))
+            return out
+
+        def half_unit(u):
+            # the last 32 code bytes at 64u, widened to a unit's shape (upper lanes zero): one block of
+            # 8 bits, or a pair of 4-bit blocks in q8_dot's "nib" order
+            raw = _widen(builder, _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x32, 1), 64)
+            if nbits == 8:
+                return [_dot4_64(builder, zero16, raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
+                        for b in range(nb)]
+            lo = builder.and_(raw, fifteen)
+            hi = builder.and_(builder.lshr(raw, four), fifteen)
+            out = []
+            for b in range(nb):
+                xv = xvec(b, builder.mul(u, c(128)), _VI8x64)  # pair layout: 32 low partners, 32 high
+                xl = builder.shuffle_vector(xv, ir.Constant(_VI8x64, None),
+                                            ir.Constant(ir.VectorType(_I32, 64), list(range(32)) + [64] * 32))
+                xh = builder.shuffle_vector(xv, ir.Constant(_VI8x64, None),
+                                            ir.Constant(ir.VectorType(_I32, 64), list(range(32, 64)) + [64] * 32))
+                # lanes 0-3 block 2u', 4-7 the next: spread to the quad shape (4 lanes a block)
+                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl), hi, xh))
+            return out
+
+        blocks_per_unit = 4 if nbits == 4 else 2
+        units_per_octet = 8 // blocks_per_unit
+
+        def group_vec(ptr, g0, checked):
+            # the eight blocks' group values as 8 x f32 (zero past n_blocks when checked)
+            if not checked:
+                n_g = 8 // gper
+                v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.udiv(g0, c(gper)),
+                                                      ir.VectorType(ptr.type.pointee, n_g), 1), sdt)
+                if gper == 1:
+                    return v
+                return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [i // gper for i in range(8)]))
+            v = ir.Constant(_VF8, None)
+            for i in range(8):
+                g = builder.add(g0, c(i))
+                inside = builder.icmp_unsigned("<", g, ng)
+                idx = builder.select(inside, builder.udiv(g, c(gper)), c(0))
+                val = _stored_to_f32(builder, builder.load(builder.gep(ptr, [idx])), sdt)
+                v = builder.insert_element(v, builder.select(inside, val, ir.Constant(_F32, 0.0)), ir.Constant(_I32, i))
+            return v
+
+        def octet(m, checked):
+            g0 = builder.mul(m, c(8))
+            per_unit = []
+            for i in range(units_per_octet):
+                u = builder.add(builder.mul(m, c(units_per_octet)), c(i))
+                if not checked:
+                    per_unit.append(full_unit(u))
+                    continue
+                first = builder.add(g0, c(i * blocks_per_unit))
+                left = builder.sub(ng, first)  # blocks from this unit's first on (may be <= 0)
+                slots = [cgutils.alloca_once_value(builder, zero16) for _ in range(nb)]
+                is_full = builder.icmp_signed(">=", left, c(blocks_per_unit))
+                is_half = builder.icmp_signed("==", left, c(blocks_per_unit // 2))
+                with builder.if_else(is_full) as (then, otherwise):
+                    with then:
+                        for slot, v in zip(slots, full_unit(u)):
+                            builder.store(v, slot)
+                    with otherwise:
+                        with builder.if_then(is_half):
+                            for slot, v in zip(slots, half_unit(u)):
+                                builder.store(v, slot)
+                per_unit.append([builder.load(slot) for slot in slots])
+            c8 = group_vec(sp, g0, checked)
+            m8 = group_vec(bp, g0, checked)
+            for b in range(nb):
+                totals = builder.sitofp(_octet_totals(builder, [u[b] for u in per_unit]), _VF8)
+                off = builder.add(builder.mul(c(b), row_d), g0)
+                d8 = _load_vec(builder, dxa.data, off, _VF8, 4)
+                s8 = _load_vec(builder, xsa.data, off, _VF8, 4)
+                acc = builder.load(accs[b])
+                acc = _fma(builder, totals, builder.fmul(c8, d8), acc)
+                builder.store(_fma(builder, m8, s8, acc), accs[b])
+
+        full = builder.udiv(ng, c(8))
+        with cgutils.for_range(builder, full) as loop:
+            octet(loop.index, False)
+        with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))):
+            octet(full, True)
+        for b in range(nb):
+            builder.store(_hsum(builder, builder.load(accs[b])), builder.gep(rp, [c(b)]))
         return context.get_dummy_value()
 
     return sig, codegen
