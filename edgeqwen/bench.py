@@ -87,9 +87,11 @@ def synthetic_model(preset: str, fmt: str, cache_dir=None, progress=None):
     return out
 
 
-def llama_cpp_type(fmt: str) -> str:
-    """The GGUF type with the same bytes per weight as an edgeqwen format."""
-    return {"bf16": "BF16", "int8": "Q8_0", "fp8": "Q8_0", "int4": "Q4_0"}.get(fmt, "Q8_0")
+def llama_cpp_type(fmt: str) -> tuple[str, str]:
+    """The GGUF types (matrices, embedding) with the same bytes per weight as an edgeqwen format:
+    official FP8 checkpoints keep the embedding (the tied lm_head) in BF16, so its GGUF does too."""
+    matrices = {"bf16": "BF16", "int8": "Q8_0", "fp8": "Q8_0", "int4": "Q4_0"}.get(fmt, "Q8_0")
+    return matrices, "BF16" if fmt == "fp8" else matrices
 
 
 COLD_START = r"""

@@ -533,12 +533,12 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
     if vs_llama_cpp:
         from .llamacpp import LlamaCpp, write_gguf
 
-        gtype = B.llama_cpp_type(fmt if preset else model.format_name.split("-")[0].split("/")[-1])
+        gtype, etype = B.llama_cpp_type(fmt if preset else model.format_name.split("-")[0].split("/")[-1])
         src = Path(model_path) if not preset else B.synthetic_model(preset, "bf16")
-        gguf_path = src / f"llama-cpp-{gtype}.gguf"
+        gguf_path = src / (f"llama-cpp-{gtype}.gguf" if etype == gtype else f"llama-cpp-{gtype}-emb-{etype}.gguf")
         if not gguf_path.exists():
             _status(f"writing {gguf_path.name} for llama.cpp…")
-            write_gguf(src, gguf_path, gtype)
+            write_gguf(src, gguf_path, gtype, etype)
     rows = []
     for t in threads:
         bw = None
@@ -558,8 +558,8 @@ def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_de
             ld = sum(x[1] for x in theirs) / repeats
             op = sum(x[0] for x in ours) / repeats
             od = sum(x[1] for x in ours) / repeats
-            row.update(llama_cpp_type=gtype, llama_cpp_prefill_tps=lp, llama_cpp_decode_tps=ld,
-                       ratio_prefill=op / lp, ratio_decode=od / ld)
+            row.update(llama_cpp_type=gtype, llama_cpp_embedding_type=etype, llama_cpp_prefill_tps=lp,
+                       llama_cpp_decode_tps=ld, ratio_prefill=op / lp, ratio_decode=od / ld)
             del llama
         rows.append(row)
     result = {"model": model_path, "model_name": Path(model_path).name, "format": model.format_name,

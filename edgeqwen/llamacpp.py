@@ -62,16 +62,19 @@ def _vocab(directory: Path, n_vocab: int):
     return tokens, types, merges
 
 
-def write_gguf(model_dir: str | Path, out_path: str | Path, matrix_type: str = "Q4_0") -> Path:
-    """Export a dense Qwen3 checkpoint to GGUF with every matrix (embedding included) in ``matrix_type``."""
+def write_gguf(model_dir: str | Path, out_path: str | Path, matrix_type: str = "Q4_0",
+               embedding_type: str | None = None) -> Path:
+    """Export a dense Qwen3 checkpoint to GGUF with every matrix in ``matrix_type``, the embedding
+    (the tied lm_head) in ``embedding_type`` (default: the same)."""
     import gguf
 
-    if matrix_type not in GGUF_TYPES:
-        raise EdgeQwenError(f"GGUF export type must be one of {GGUF_TYPES}, got {matrix_type!r}")
+    embedding_type = embedding_type or matrix_type
+    for t in (matrix_type, embedding_type):
+        if t not in GGUF_TYPES:
+            raise EdgeQwenError(f"GGUF export type must be one of {GGUF_TYPES}, got {t!r}")
     model_dir, out_path = Path(model_dir), Path(out_path)
     cfg = load_config(model_dir)
     store = open_safetensors_dir(model_dir)
-    qtype = getattr(gguf.GGMLQuantizationType, matrix_type)
     w = gguf.GGUFWriter(str(out_path) + ".tmp", "qwen3")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -104,9 +107,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, matrix_type: str = "
     for name in store.names():
         a = store.get(name)
         dtype = store.dtype(name)
+        ttype = embedding_type if name in ("model.embed_tokens.weight", "lm_head.weight") else matrix_type
+        qtype = getattr(gguf.GGMLQuantizationType, ttype)
         if a.ndim == 1:
             w.add_tensor(gguf_name(name), to_float32(a, dtype))
-        elif matrix_type == "BF16" and dtype == "BF16":
+        elif ttype == "BF16" and dtype == "BF16":
             w.add_tensor(gguf_name(name), np.ascontiguousarray(a), raw_dtype=qtype)
         else:
             w.add_tensor(gguf_name(name), gguf.quants.quantize(to_float32(a, dtype), qtype), raw_dtype=qtype)
