@@ -126,7 +126,7 @@ class BatchRunner:
             raise EdgeQwenError(f"--batch-size must be at least 1, got {batch_size}")
         self.model = model
         self.ctx = ctx or min(model.config.max_position_embeddings, 4096)
-        self.cache = BatchKVCache(model.config, batch_size, self.ctx)
+        self.cache = BatchKVCache(model.config, batch_size, self.ctx, model.kv_dtype)
         self.batch_size = batch_size
         tok = model.tokenizer
         self.stop_ids = set(tok.eos_ids if tok is not None else model.config.eos_ids())

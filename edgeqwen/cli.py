@@ -90,6 +90,15 @@ MODEL = click.option("-m", "--model", "model_path", default=None, type=click.Pat
 THREADS = click.option("-t", "--threads", type=int, default=None, help="Worker threads (default: all cores).")
 
 
+def _kv_cache(ctx, param, value):
+    if value:
+        os.environ["EDGEQWEN_KV_CACHE"] = value  # read by loader.load
+
+
+KV_CACHE = click.option("--kv-cache", type=click.Choice(["f32", "f16"]), default=None, expose_value=False,
+                        callback=_kv_cache, help="KV cache storage: f16 halves its memory [default: f32].")
+
+
 @main.command()
 @MODEL
 @click.argument("prompt", required=False)
@@ -106,6 +115,7 @@ THREADS = click.option("-t", "--threads", type=int, default=None, help="Worker t
 @click.option("--system", default=None, help="System prompt (with --chat).")
 @click.option("--ctx", type=int, default=None, help="Context length (default: prompt + max tokens, at least 4096).")
 @THREADS
+@KV_CACHE
 def generate(model_path, prompt, max_tokens, temperature, top_k, top_p, min_p, presence_penalty, seed, chat,
              think, system, ctx, threads):
     """Stream a completion of PROMPT (read from stdin when omitted or '-')."""
@@ -294,6 +304,7 @@ def _read_line(prompt: str) -> str | None:
 @click.option("-n", "--max-tokens", type=int, default=None, help="Tokens per reply at most [default: the context].")
 @click.option("--stats/--no-stats", default=True, show_default=True, help="A dim stats line after each reply.")
 @THREADS
+@KV_CACHE
 def chat(model_path, ctx, think, hide_thinking, system, temperature, top_k, top_p, min_p, presence_penalty, seed,
          max_tokens, stats, threads):
     """Chat with a model in the terminal (or answer one piped question)."""
@@ -373,6 +384,7 @@ def _warm_up(model, cache=None) -> None:
 @click.option("--seed", type=int, default=None, help="Default seed for requests without one.")
 @click.option("--ctx", type=int, default=None, help="Context per sequence [default: min(model maximum, 4096)].")
 @THREADS
+@KV_CACHE
 def batch(model_path, in_path, out_path, batch_size, max_tokens, temperature, top_k, top_p, min_p, seed, ctx,
           threads):
     """Answer every request of IN.jsonl into OUT.jsonl (resumable; '-' is stdin / stdout).
@@ -482,6 +494,7 @@ def batch(model_path, in_path, out_path, batch_size, max_tokens, temperature, to
 @click.option("--shapes", default=None, help="With --kernels: comma-separated NxK shapes [default: the Qwen3 ones].")
 @click.option("--ops", default=None, help="With --kernels: matvec,batch4,batch8,prefill128 [default: all].")
 @click.argument("compare", nargs=-1, type=click.Path(exists=True))
+@KV_CACHE
 def bench(model_path, preset, fmt, n_prompt, n_gen, repeats, thread_list, ctx_depth, cold_start, vs_llama_cpp,
           json_path, csv_path, plot_path, kernels, formats, shapes, ops, compare):
     """Measure prefill and decode speed next to the machine's memory bandwidth.

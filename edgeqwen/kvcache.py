@@ -10,9 +10,13 @@ from .config import ModelConfig
 from .errors import EdgeQwenError
 
 
-def kv_cache_bytes(config: ModelConfig, ctx: int) -> int:
-    """Bytes a float32 cache of ``ctx`` positions needs (keys and values, all layers)."""
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * ctx * config.head_dim * 4
+KV_DTYPES = {"f32": np.float32, "f16": np.int16}  # f16 kept as its bits (see kernels.numeric)
+
+
+def kv_cache_bytes(config: ModelConfig, ctx: int, dtype: str = "f32") -> int:
+    """Bytes a cache of ``ctx`` positions needs (keys and values, all layers) in ``dtype`` (f32, f16)."""
+    item = np.dtype(KV_DTYPES[dtype]).itemsize
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * ctx * config.head_dim * item
 
 
 def available_memory() -> int | None:
@@ -30,14 +34,16 @@ def available_memory() -> int | None:
         return None
 
 
-def _check(config: ModelConfig, ctx: int, slots: int = 1) -> None:
+def _check(config: ModelConfig, ctx: int, dtype: str, slots: int = 1) -> None:
+    if dtype not in KV_DTYPES:
+        raise EdgeQwenError(f"KV cache dtype must be one of {sorted(KV_DTYPES)}, got {dtype!r}")
     if ctx <= 0:
         raise EdgeQwenError(f"context length must be positive, got {ctx}")
     if ctx > config.max_position_embeddings:
         raise EdgeQwenError(
             f"context length {ctx} exceeds the model's max_position_embeddings {config.max_position_embeddings}"
         )
-    need = slots * kv_cache_bytes(config, ctx)
+    need = slots * kv_cache_bytes(config, ctx, dtype)
     avail = available_memory()
     if avail is not None and need > avail:
         what = f"{slots} x {ctx}" if slots > 1 else f"{ctx}"
@@ -50,17 +56,19 @@ def _check(config: ModelConfig, ctx: int, slots: int = 1) -> None:
 class KVCache:
     """Keys and values of every layer for up to ``ctx`` positions; ``pos`` tokens are filled.
 
+    ``dtype``: "f32", or "f16" (half the memory and the attention reads; llama.cpp's default).
     ``k``/``v`` may be given: views into a BatchKVCache slot.
     """
 
-    def __init__(self, config: ModelConfig, ctx: int, k: np.ndarray | None = None, v: np.ndarray | None = None):
+    def __init__(self, config: ModelConfig, ctx: int, k: np.ndarray | None = None, v: np.ndarray | None = None,
+                 dtype: str = "f32"):
         if k is None:
-            _check(config, ctx)
+            _check(config, ctx, dtype)
             # position-major, so the first tokens of a long context touch few pages
             shape = (config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
-            k = np.zeros(shape, np.float32)
-            v = np.zeros(shape, np.float32)
-        self.k = k  # (layers, ctx, kv_heads, head_dim)
+            k = np.zeros(shape, KV_DTYPES[dtype])
+            v = np.zeros(shape, KV_DTYPES[dtype])
+        self.k = k  # (layers, ctx, kv_heads, head_dim) f32 or f16 bits
         self.v = v  # (layers, ctx, kv_heads, head_dim)
         self.ctx = ctx
         self.pos = 0
@@ -86,13 +94,13 @@ class BatchKVCache:
     ``seqs[s]`` is slot s as an ordinary KVCache (views, no copies) for prefill and bookkeeping.
     """
 
-    def __init__(self, config: ModelConfig, slots: int, ctx: int):
-        _check(config, ctx, slots)
+    def __init__(self, config: ModelConfig, slots: int, ctx: int, dtype: str = "f32"):
+        _check(config, ctx, dtype, slots)
         # slot-major: each slot is a C-contiguous (layers, ctx, kv_heads, head_dim) cache, so the
         # single-sequence kernels see exactly the array layout they see with a plain KVCache
         shape = (slots, config.num_hidden_layers, ctx, config.num_key_value_heads, config.head_dim)
-        self.k = np.zeros(shape, np.float32)  # (slots, layers, ctx, kv_heads, head_dim)
-        self.v = np.zeros(shape, np.float32)  # (slots, layers, ctx, kv_heads, head_dim)
+        self.k = np.zeros(shape, KV_DTYPES[dtype])  # (slots, layers, ctx, kv_heads, head_dim)
+        self.v = np.zeros(shape, KV_DTYPES[dtype])  # (slots, layers, ctx, kv_heads, head_dim)
         self.ctx = ctx
         self.seqs = [KVCache(config, ctx, self.k[s], self.v[s]) for s in range(slots)]
 

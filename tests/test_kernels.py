@@ -179,3 +179,47 @@ def test_exp_f32_against_float64():
     out = np.empty_like(edges)
     run(edges, out)
     assert out[:3].tolist() == [0.0, 0.0, 0.0] and out[3] == out[4] and np.isfinite(out[4])
+
+
+@pytest.mark.parametrize("n_keys,nh,nkv,hd", [(1, 2, 2, 16), (63, 8, 2, 16), (64, 16, 8, 128), (65, 4, 4, 32),
+                                               (300, 16, 8, 128), (129, 6, 3, 16)])
+@pytest.mark.parametrize("kv", ["f32", "f16"])
+def test_decode_attention_split_by_position(n_keys, nh, nkv, hd, kv):
+    # decode attention (tasks of SPLIT positions merged by log-sum-exp) against float64 softmax
+    # attention on the same cached values; f16 caches hold float16 bits
+    q = rng.standard_normal((nh, hd)).astype(np.float32) * 3
+    kc = rng.standard_normal((n_keys + 5, nkv, hd)).astype(np.float32)
+    vc = rng.standard_normal((n_keys + 5, nkv, hd)).astype(np.float32)
+    kc[n_keys:] = 1e3  # beyond the window: never read
+    if kv == "f16":
+        kc, vc = kc.astype(np.float16), vc.astype(np.float16)
+        kc_arg, vc_arg = kc.view(np.int16), vc.view(np.int16)
+    else:
+        kc_arg, vc_arg = kc, vc
+    n_tasks = -(-n_keys // attention.SPLIT) + 1  # scratch may be larger than needed
+    part_o = np.full((1, n_tasks, nh, hd), np.nan, np.float32)
+    part_ml = np.full((1, n_tasks, nh, 2), np.nan, np.float32)
+    out = np.full((1, nh, hd), np.nan, np.float32)
+    # the cache as layer 1 of slot 0 of a (1, 2, ctx, nkv, hd) batch cache
+    kb, vb = np.zeros((1, 2) + kc_arg.shape, kc_arg.dtype), np.zeros((1, 2) + vc_arg.shape, vc_arg.dtype)
+    kb[0, 1], vb[0, 1] = kc_arg, vc_arg
+    attention.attention_decode(q[None], kb, vb, 1, np.zeros(1, np.int64), np.array([n_keys - 1]), part_o, part_ml,
+                               out)
+    want = attention_ref(q[None], kc.astype(np.float32), vc.astype(np.float32), n_keys - 1)[0]
+    np.testing.assert_allclose(out[0], want, atol=2e-5)
+
+
+def test_f16_kv_store_rounds_to_nearest():
+    t, nh, nkv, hd = 2, 4, 2, 16
+    q = rng.standard_normal((t, nh, hd)).astype(np.float32)
+    k = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+    v = rng.standard_normal((t, nkv, hd)).astype(np.float32)
+    kc32, vc32 = np.zeros((8, nkv, hd), np.float32), np.zeros((8, nkv, hd), np.float32)
+    kc16, vc16 = np.zeros((8, nkv, hd), np.int16), np.zeros((8, nkv, hd), np.int16)
+    cos, sin = np.empty((8, hd // 2), np.float32), np.empty((8, hd // 2), np.float32)
+    ops.rope_tables(1e6, hd, 8, cos, sin)
+    ones = np.ones(hd, np.float32)
+    for kc, vc in ((kc32, vc32), (kc16, vc16)):
+        ops.qk_norm_rope_store(q.copy(), k.copy(), v.copy(), ones, ones, 1e-6, cos, sin, 3, kc, vc, True, False)
+    np.testing.assert_array_equal(kc16.view(np.float16), kc32.astype(np.float16))
+    np.testing.assert_array_equal(vc16.view(np.float16), vc32.astype(np.float16))

@@ -95,6 +95,31 @@ def _to_f32_overload(v):
 
 
 @intrinsic
+def _f32_to_f16_bits(typingctx, v):
+    if v != types.float32:
+        raise TypingError("expects float32")
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
+def from_f32(v, like):
+    """float32 ``v`` as an element of array ``like`` (float32 as is; int16 = float16 bits, rounded to nearest)."""
+    raise NotImplementedError  # replaced inside jitted code by the overload below
+
+
+@overload(from_f32, inline="always")
+def _from_f32_overload(v, like):
+    if like.dtype == types.int16:
+        return lambda v, like: _f32_to_f16_bits(v)
+    if like.dtype == types.float32:
+        return lambda v, like: v
+    raise TypingError(f"no float32 store into {like.dtype}")
+
+
+@intrinsic
 def f16_round(typingctx, v):
     """float32 -> the nearest float16 -> float32 (what llama.cpp keeps of an activation block scale)."""
     if v != types.float32:

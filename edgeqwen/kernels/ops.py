@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .numeric import JIT, exp_f32, to_f32
+from .numeric import JIT, exp_f32, from_f32, to_f32
 
 
 
@@ -88,8 +88,8 @@ def _qk_token(qt, kt, vt, q_norm, k_norm, eps, cos_p, sin_p, kc_p, vc_p, use_nor
     for h in range(kt.shape[0]):
         _norm_rope_head(kt[h], k_norm, eps, cos_p, sin_p, use_norm, interleaved)
         for j in range(kt.shape[1]):
-            kc_p[h, j] = kt[h, j]
-            vc_p[h, j] = vt[h, j]
+            kc_p[h, j] = from_f32(kt[h, j], kc_p)
+            vc_p[h, j] = from_f32(vt[h, j], vc_p)
 
 
 @njit(**JIT)
