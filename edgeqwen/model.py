@@ -11,7 +11,7 @@ from .errors import EdgeQwenError
 from .kernels import attention as attn_k
 from .kernels import ops
 from .kvcache import BatchKVCache, KVCache
-from .weights import Affine, matvec_group
+from .weights import Affine, MatvecGroup
 
 PREFILL_CHUNK = 256  # prompt tokens per pass through the layers; bounds activation memory
 _SLOT0 = np.zeros(1, np.int64)  # a single sequence's cache is slot 0 of a batch of one
@@ -72,6 +72,7 @@ class Qwen3Model:
         self._sin = np.empty((0, config.head_dim // 2), np.float32)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
         self._parts: dict[int, tuple] = {}  # decode attention scratch per batch size (_attention_parts)
+        self._plans = None  # decode matvec groups (_decode_plans)
         self.kv_dtype = "f32"  # KV cache storage of new caches: "f32" or "f16" (set by the loader)
         self.tensor_count = 0  # set by the loader
         self.file_bytes = 0  # bytes of all stored tensors, set by the loader
@@ -93,6 +94,7 @@ class Qwen3Model:
         for w in self.matrices():
             if isinstance(w, Affine):  # GGUF blocks keep float32 activations (see weights.Blocks)
                 w.int8_activations = not exact
+        self._plans = None
 
     def weight_bytes(self) -> int:
         """Bytes of weights read for one decoded token (embedding row excluded)."""
@@ -177,21 +179,22 @@ class Qwen3Model:
         ws = self._workspace(t, t if all_logits else 1)
         x = ws.x
         self.embed_tokens.embed(ids, x)
+        if t == 1:  # decode: the batched decode path with this cache as slot 0 of a batch of one
+            part_o, part_ml = self._attention_parts(cache.ctx)
+            self._decode_layers(ws, cache.k[None], cache.v[None], _SLOT0, np.array([start], np.int64), part_o,
+                                part_ml)
+            cache.pos += 1
+            cache.tokens.append(int(ids[0]))
+            return ws.logits
         q2 = ws.q.reshape(t, -1)
         k2 = ws.k.reshape(t, -1)
         v2 = ws.v.reshape(t, -1)
         attn2 = ws.attn.reshape(t, -1)
-        mm = "matvec" if t == 1 else "matmul"  # decode kernel for one token, prefill kernel for more
-        part_o, part_ml = self._attention_parts(cache.ctx)
-        position = np.array([start], np.int64)  # of the one decode token
         for li, layer in enumerate(self.layers):
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            if t == 1:
-                matvec_group((layer.q_proj, layer.k_proj, layer.v_proj), ws.h, (q2, k2, v2))
-            else:
-                layer.q_proj.matmul(ws.h, q2)
-                layer.k_proj.matmul(ws.h, k2)
-                layer.v_proj.matmul(ws.h, v2)
+            layer.q_proj.matmul(ws.h, q2)
+            layer.k_proj.matmul(ws.h, k2)
+            layer.v_proj.matmul(ws.h, v2)
             if layer.q_bias is not None:
                 q2 += layer.q_bias
                 k2 += layer.k_bias
@@ -199,21 +202,14 @@ class Qwen3Model:
             ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
                                    self._cos, self._sin, start, cache.k[li], cache.v[li], cfg.qk_norm,
                                    cfg.rope_interleaved)
-            if t == 1:  # decode: split by position, so both threads stream the cache
-                attn_k.attention_decode(ws.q, cache.k[None], cache.v[None], li, _SLOT0, position, part_o, part_ml,
-                                        ws.attn)
-            else:
-                attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
-            getattr(layer.o_proj, mm)(attn2, ws.o)
+            attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
+            layer.o_proj.matmul(attn2, ws.o)
             ops.add_inplace(x, ws.o)
             ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            if t == 1:
-                matvec_group((layer.gate_proj, layer.up_proj), ws.h, (ws.gate, ws.up))
-            else:
-                layer.gate_proj.matmul(ws.h, ws.gate)
-                layer.up_proj.matmul(ws.h, ws.up)
+            layer.gate_proj.matmul(ws.h, ws.gate)
+            layer.up_proj.matmul(ws.h, ws.up)
             ops.silu_mul(ws.gate, ws.up, ws.gate)
-            getattr(layer.down_proj, mm)(ws.gate, ws.o)
+            layer.down_proj.matmul(ws.gate, ws.o)
             ops.add_inplace(x, ws.o)
         cache.pos += t
         cache.tokens.extend(int(i) for i in ids)
@@ -221,6 +217,43 @@ class Qwen3Model:
         ops.rmsnorm(x[t - n:], self.norm, cfg.rms_norm_eps, ws.h[:n])
         getattr(self.lm_head, "matvec" if n == 1 else "matmul")(ws.h[:n], ws.logits)
         return ws.logits
+
+    def _decode_plans(self):
+        # per layer the decode matvec groups (q/k/v, o, gate/up, down), then the lm_head's; built once
+        if self._plans is None:
+            self._plans = [(MatvecGroup((L.q_proj, L.k_proj, L.v_proj)), MatvecGroup((L.o_proj,)),
+                            MatvecGroup((L.gate_proj, L.up_proj)), MatvecGroup((L.down_proj,))) for L in self.layers]
+            self._plans.append(MatvecGroup((self.lm_head,)))
+        return self._plans
+
+    def _decode_layers(self, ws: Workspace, k5, v5, slots, positions, part_o, part_ml) -> None:
+        # one token for each of B sequences (ws.x, embedded) through every layer into ws.logits;
+        # k5, v5: (slots, layers, ctx, n_kv, hd); token b at positions[b] of slot slots[b]
+        cfg = self.config
+        eps = cfg.rms_norm_eps
+        x = ws.x
+        b = x.shape[0]
+        q2, k2, v2, attn2 = ws.q.reshape(b, -1), ws.k.reshape(b, -1), ws.v.reshape(b, -1), ws.attn.reshape(b, -1)
+        plans = self._decode_plans()
+        ops.rmsnorm(x, self.layers[0].input_layernorm, eps, ws.h)
+        for li, layer in enumerate(self.layers):
+            qkv, o_proj, gate_up, down = plans[li]
+            qkv(ws.h, (q2, k2, v2))
+            if layer.q_bias is not None:
+                q2 += layer.q_bias
+                k2 += layer.k_bias
+                v2 += layer.v_bias
+            ops.qk_norm_rope_store_slots(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, eps, self._cos, self._sin, li,
+                                         slots, positions, k5, v5, cfg.qk_norm, cfg.rope_interleaved)
+            attn_k.attention_decode(ws.q, k5, v5, li, slots, positions, part_o, part_ml, ws.attn)
+            o_proj(attn2, (ws.o,))
+            ops.add_rmsnorm(x, ws.o, layer.post_attention_layernorm, eps, ws.h)
+            gate_up(ws.h, (ws.gate, ws.up))
+            ops.silu_mul(ws.gate, ws.up, ws.gate)
+            down(ws.gate, (ws.o,))
+            nxt = self.layers[li + 1].input_layernorm if li + 1 < len(self.layers) else self.norm
+            ops.add_rmsnorm(x, ws.o, nxt, eps, ws.h)  # the residual, then the next block's norm
+        plans[-1](ws.h, (ws.logits,))
 
     def forward_batch(self, tokens, cache: BatchKVCache, slots) -> np.ndarray:
         """One decode step for several sequences: token b goes after what slot ``slots[b]`` holds.
@@ -238,33 +271,12 @@ class Qwen3Model:
         self._rope(cache.ctx)
         part_o, part_ml = self._attention_parts(cache.ctx, b)
         ws = self._workspace(b, b)
-        x = ws.x
-        self.embed_tokens.embed(tokens, x)
-        q2, k2, v2 = ws.q.reshape(b, -1), ws.k.reshape(b, -1), ws.v.reshape(b, -1)
-        for li, layer in enumerate(self.layers):
-            ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            matvec_group((layer.q_proj, layer.k_proj, layer.v_proj), ws.h, (q2, k2, v2))
-            if layer.q_bias is not None:
-                q2 += layer.q_bias
-                k2 += layer.k_bias
-                v2 += layer.v_bias
-            ops.qk_norm_rope_store_slots(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
-                                         self._cos, self._sin, li, slots, positions, cache.k, cache.v,
-                                         cfg.qk_norm, cfg.rope_interleaved)
-            attn_k.attention_decode(ws.q, cache.k, cache.v, li, slots, positions, part_o, part_ml, ws.attn)
-            layer.o_proj.matvec(ws.attn.reshape(b, -1), ws.o)
-            ops.add_inplace(x, ws.o)
-            ops.rmsnorm(x, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            matvec_group((layer.gate_proj, layer.up_proj), ws.h, (ws.gate, ws.up))
-            ops.silu_mul(ws.gate, ws.up, ws.gate)
-            layer.down_proj.matvec(ws.gate, ws.o)
-            ops.add_inplace(x, ws.o)
+        self.embed_tokens.embed(tokens, ws.x)
+        self._decode_layers(ws, cache.k, cache.v, slots, positions, part_o, part_ml)
         for s, tok in zip(slots, tokens):
             seq = cache.seqs[s]
             seq.pos += 1
             seq.tokens.append(int(tok))
-        ops.rmsnorm(x, self.norm, cfg.rms_norm_eps, ws.h)
-        self.lm_head.matvec(ws.h, ws.logits)
         return ws.logits
 
     def logits(self, token_ids) -> np.ndarray:

@@ -30,16 +30,21 @@ def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
     out[:] = op[:t]
 
 
-def quantized_activations(cache: dict, x: np.ndarray, order: int, half_scale: int):
-    """x (B, K) -> (xq, dx, xs) for the integer-dot kernels (kernels.quant.quantize_act), into
-    buffers kept in ``cache`` per batch size: (B, K) int8 codes and (B, NB8) block scales and
-    scaled block sums, NB8 the K/32 blocks padded to whole octets."""
-    b, k = x.shape
+def activation_buffers(cache: dict, b: int, k: int):
+    """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act), kept in ``cache`` per batch
+    size: (B, K) int8 codes and (B, NB8) block scales and scaled block sums, NB8 the K/32 blocks
+    padded to whole octets."""
     bufs = cache.get(b)
     if bufs is None:
         nb8 = -(-k // 256) * 8
         bufs = cache[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
                            np.empty((b, nb8), np.float32))
+    return bufs
+
+
+def quantized_activations(cache: dict, x: np.ndarray, order: int, half_scale: int):
+    """x (B, K) -> (xq, dx, xs) for the integer-dot kernels, in buffers from ``activation_buffers``."""
+    bufs = activation_buffers(cache, *x.shape)
     quant.quantize_act(x, *bufs, order, half_scale)
     return bufs
 
@@ -110,9 +115,9 @@ class Affine:
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
+        self._group = None  # this weight's own MatvecGroup (int8 activations)
         self._q8_kernel = bits == 8 or self.shape[1] % 64 == 0  # 4-bit codes go two blocks at a time
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
-        self._prep_q8: dict[int, tuple] = {}
 
     def _buffers(self, b: int):
         bufs = self._prep.get(b)
@@ -124,6 +129,16 @@ class Affine:
             bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
         return bufs
 
+    @property
+    def int8_activations(self) -> bool:
+        """Decode with int8-quantized activations (True, the default) or float32 ones (exact)."""
+        return self._int8_activations
+
+    @int8_activations.setter
+    def int8_activations(self, on: bool) -> None:
+        self._int8_activations = on
+        self._group = None
+
     def _q8_key(self):
         """What decides the int8-activation kernel and its activation layout (None: float path)."""
         if not (self.int8_activations and self._q8_kernel):
@@ -132,7 +147,9 @@ class Affine:
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         if self._q8_key() is not None:
-            _affine_q8_matvecs((self,), x, (out,))
+            if self._group is None:
+                self._group = MatvecGroup((self,))
+            self._group(x, (out,))
             return
         xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
@@ -158,25 +175,31 @@ class Affine:
         return tile
 
 
-def _affine_q8_matvecs(ws: tuple, x: np.ndarray, outs: tuple) -> None:
-    # Affine weights with one _q8_key: the activations quantized once, every row in one parallel loop
-    w0 = ws[0]
-    order = quant.ORDER_MLX4 if w0.bits == 4 else quant.ORDER_PLAIN
-    xq, dx, xs = quantized_activations(w0._prep_q8, x, order, quant.HALF_NONE)
-    kernel = quant.affine_matvec_q8(w0.bits, w0.group_size // 32)
-    kernel(tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws), xq, dx, xs, outs)
+class MatvecGroup:
+    """Decode matvecs of weights that share one input (q/k/v, gate/up, or one weight alone), set up
+    once: int8-activation Affine weights of one layout run as one kernel launch that rounds the
+    input once; anything else runs each weight's own matvec. Rebuild it after changing a weight's
+    ``int8_activations``."""
 
+    def __init__(self, ws):
+        self.ws = tuple(ws)
+        key = ws[0]._q8_key() if isinstance(ws[0], Affine) else None
+        self.fused = key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:])
+        if self.fused:
+            w0 = ws[0]
+            self._kernel = quant.affine_matvec_q8(w0.bits, w0.group_size // 32)
+            self._args = (tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws))
+            self._bufs: dict[int, tuple] = {}
+            self._k = w0.shape[1]
 
-def matvec_group(ws: tuple, x: np.ndarray, outs: tuple) -> None:
-    """outs[i] = x @ ws[i].T for decode weights that share one input (q/k/v, gate/up): one kernel
-    launch and one activation rounding when they are int8-activation Affine weights of one layout,
-    else each weight's own matvec."""
-    key = ws[0]._q8_key() if isinstance(ws[0], Affine) else None
-    if key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:]):
-        _affine_q8_matvecs(tuple(ws), x, tuple(outs))
-        return
-    for w, out in zip(ws, outs):
-        w.matvec(x, out)
+    def __call__(self, x: np.ndarray, outs: tuple) -> None:
+        """outs[i] (B, N_i) = x (B, K) @ ws[i].T."""
+        if not self.fused or not all(w._int8_activations for w in self.ws):  # (a weight switched since)
+            for w, out in zip(self.ws, outs):
+                w.matvec(x, out)
+            return
+        xq, dx, xs = activation_buffers(self._bufs, x.shape[0], self._k)
+        self._kernel(*self._args, x, xq, dx, xs, outs)
 
 
 class Fp8Block:

@@ -36,6 +36,22 @@ def rmsnorm(x, weight, eps, out):
 
 
 @njit(**JIT)
+def add_rmsnorm(x, y, weight, eps, out):
+    # the residual add and the next RMSNorm in one call: x += y, then out = rmsnorm(x) exactly as
+    # rmsnorm computes it; x, y, out: (T, H) f32; weight: (H,) stored dtype
+    t_len, h = x.shape
+    for t in range(t_len):
+        for j in range(h):
+            x[t, j] += y[t, j]
+        ss = np.float32(0.0)
+        for j in range(h):
+            ss += x[t, j] * x[t, j]
+        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(h) + np.float32(eps)))
+        for j in range(h):
+            out[t, j] = to_f32(weight[j]) * (x[t, j] * inv)
+
+
+@njit(**JIT)
 def rope_tables(theta, head_dim, n_pos, cos, sin):
     # cos, sin: (n_pos, head_dim // 2) f32, computed in float32 like the reference
     half = head_dim // 2

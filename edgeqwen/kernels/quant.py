@@ -125,15 +125,19 @@ def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, 
 @lru_cache(maxsize=None)
 def affine_matvec_q8(bits, per):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
-    blocks of 32 per group: kernel(wqs, scales, biases, xq, dx, xs, outs), each of wqs, scales, biases,
-    outs a tuple of one to three matrices that share the activations (q/k/v, gate/up), run as one
-    parallel loop. Compiled per (bits, per): the group-scale loads and code unpacking are constants
+    blocks of 32 per group: kernel(wqs, scales, biases, x, xq, dx, xs, outs), each of wqs, scales,
+    biases, outs a tuple of one to three matrices that share the input x (q/k/v, gate/up), run as one
+    parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per): the group-scale loads and code unpacking are constants
     of the generated code."""
 
+    order = ORDER_MLX4 if bits == 4 else ORDER_PLAIN
+
     @njit(parallel=True, **JIT)
-    def kernel(wqs, scales, biases, xq, dx, xs, outs):
+    def kernel(wqs, scales, biases, x, xq, dx, xs, outs):
         # wqs[i] (N_i, K*bits/8) u8; scales[i], biases[i] (N_i, G) stored dtype; outs[i] (B, N_i) f32;
-        # xq (B, K) i8, dx, xs (B, NB8) f32 from quantize_act (ORDER_MLX4 for 4 bits)
+        # x (B, K) f32, rounded here (on the calling thread) into the buffers xq (B, K) i8 and dx, xs
+        # (B, NB8) f32 (quantize_act)
+        quantize_act(x, xq, dx, xs, order, HALF_NONE)
         nb = xq.shape[1] // 32
         n_b = xq.shape[0]
         n_mats = len(wqs)
