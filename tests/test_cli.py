@@ -110,3 +110,12 @@ def test_max_tokens_beyond_the_context_stops_at_the_end(tiny_model_dir):
     p = run("generate", "-m", str(tiny_model_dir), "hi", "--raw", "--ctx", "20", "-n", "500", "--temperature", "0")
     assert p.returncode == 0, p.stderr
     assert "finish: length" in p.stderr
+
+
+def test_f16_kv_cache_option(tiny_model_dir):
+    p = run("generate", "-m", str(tiny_model_dir), "Hello there", "-n", "8", "--temperature", "0", "--raw",
+            "--kv-cache", "f16")
+    assert p.returncode == 0, p.stderr
+    assert "generated 8 tok" in p.stderr
+    bad = run("generate", "-m", str(tiny_model_dir), "hi", "--kv-cache", "f8")
+    assert bad.returncode != 0 and "f8" in bad.stderr and "Traceback" not in bad.stderr
