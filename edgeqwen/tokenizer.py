@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 
@@ -102,6 +103,26 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
+    def token_bytes(self, ids) -> bytes | None:
+        """The bytes ``ids`` stand for, for byte-level BPE vocabularies (Qwen, GPT-2, SmolLM2); None
+        where a token is not byte-level (then only the decoded text is known)."""
+        if not hasattr(self, "_bytes"):
+            byte_level = type(self.backend.decoder).__name__ == "ByteLevel"
+            self._bytes = {i: t.content.encode() for i, t in self.backend.get_added_tokens_decoder().items()} \
+                if byte_level else None
+        if self._bytes is None:
+            return None
+        out = []
+        for i in ids:
+            b = self._bytes.get(i)
+            if b is None:
+                piece = self.backend.id_to_token(i)
+                if piece is None or any(ch not in _UNICODE_TO_BYTE for ch in piece):
+                    return None
+                b = self._bytes[i] = bytes(_UNICODE_TO_BYTE[ch] for ch in piece)
+            out.append(b)
+        return b"".join(out)
+
     def detokenizer(self, skip_special_tokens: bool = False) -> "StreamDetokenizer":
         return StreamDetokenizer(self, skip_special_tokens)
 
@@ -122,6 +143,30 @@ def _token_text(tok):
     return tok
 
 
+def _byte_level_chars() -> dict[int, str]:
+    # byte-level BPE's printable stand-in for each byte: printable Latin-1 bytes stand for
+    # themselves, the others take the code points from 256 on, in byte order
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_level_chars().items()}
+
+
+def _ends_mid_character(data: bytes) -> bool:
+    # True when data ends inside a UTF-8 sequence that more bytes could complete
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    dec.decode(data, final=False)
+    return bool(dec.getstate()[0])
+
+
 class StreamDetokenizer:
     """Turns a stream of ids into text pieces, never emitting half of a UTF-8 character.
 
@@ -136,13 +181,22 @@ class StreamDetokenizer:
         self.prefix = 0  # window start
         self.read = 0  # tokens already emitted
 
+    def _cut(self, full: str) -> bool:
+        # does the window end in the middle of a character? From the tokens' bytes where the
+        # vocabulary is byte-level (a U+FFFD in the text itself is then a character like any
+        # other), else from the decoded text
+        data = self.tokenizer.token_bytes(self.ids[self.prefix:])
+        if data is None:
+            return full.endswith("\ufffd")
+        return _ends_mid_character(data)
+
     def add(self, token: int) -> str:
         """Feed one id; return the newly completed text (possibly empty)."""
         self.ids.append(int(token))
         decode = self.tokenizer.decode
         shown = decode(self.ids[self.prefix:self.read], self.skip)
         full = decode(self.ids[self.prefix:], self.skip)
-        if len(full) > len(shown) and not full.endswith("\ufffd"):
+        if len(full) > len(shown) and not self._cut(full):
             self.prefix, self.read = self.read, len(self.ids)
             return full[len(shown):]
         return ""
@@ -152,5 +206,7 @@ class StreamDetokenizer:
         decode = self.tokenizer.decode
         shown = decode(self.ids[self.prefix:self.read], self.skip)
         full = decode(self.ids[self.prefix:], self.skip)
+        cut = self._cut(full)
         self.prefix = self.read = len(self.ids)
-        return full[len(shown):].rstrip("\ufffd")
+        tail = full[len(shown):]
+        return tail[:-1] if cut and tail.endswith("\ufffd") else tail

@@ -39,3 +39,18 @@ def test_streaming_holds_back_partial_bytes(qwen3_tokenizer):
     det = qwen3_tokenizer.detokenizer()
     pieces = [det.add(t) for t in ids]
     assert pieces[:-1] == [""] * (len(ids) - 1) and pieces[-1] == "🫠"
+
+
+@pytest.mark.parametrize("text", ["\ufffd", "a\ufffdb", "\ufffd🫠\ufffd"])
+def test_streaming_keeps_a_real_replacement_character(qwen3_tokenizer, text):
+    # found by `make fuzz`: a U+FFFD in the text itself was taken for a cut-off character and lost;
+    # the detokenizer now judges cut-offs from the tokens' bytes
+    ids = qwen3_tokenizer.encode(text)
+    det = qwen3_tokenizer.detokenizer()
+    assert "".join([det.add(t) for t in ids] + [det.flush()]) == text
+
+
+def test_flush_drops_a_character_cut_off_by_the_end(qwen3_tokenizer):
+    ids = qwen3_tokenizer.encode("ok🫠")
+    det = qwen3_tokenizer.detokenizer()
+    assert "".join([det.add(t) for t in ids[:-1]] + [det.flush()]) == "ok"
