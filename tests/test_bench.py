@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_json_and_csv(tiny_model_dir, tmp_path):
     out = tmp_path / "r.json"
@@ -24,6 +26,17 @@ def test_bench_json_and_csv(tiny_model_dir, tmp_path):
     assert r["rows"][0]["bytes_per_token"] == r["rows"][1]["bytes_per_token"]
     rows = list(csv.DictReader(io.StringIO(p.stdout)))
     assert len(rows) == 2 and "decode_tps" in rows[0]
+    # --plot: several boards' JSON results charted together (a PNG, not an error)
+    other = tmp_path / "other.json"
+    r["machine"]["cpu"] = "another board"
+    other.write_text(json.dumps(r))
+    png = tmp_path / "boards.png"
+    q = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "--plot", str(png), str(out), str(other)],
+                       capture_output=True, text=True, timeout=600)
+    if "needs matplotlib" in q.stderr:
+        pytest.skip("matplotlib is not installed (the test extra installs it)")
+    assert q.returncode == 0, q.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
 def test_bench_rejects_bad_threads(tiny_model_dir):
