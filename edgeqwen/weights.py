@@ -187,7 +187,8 @@ class MatvecGroup:
         self.fused = key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:])
         if self.fused:
             w0 = ws[0]
-            self._kernel = quant.affine_matvec_q8(w0.bits, w0.group_size // 32)
+            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32),
+                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, True))
             self._args = (tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws))
             self._bufs: dict[int, tuple] = {}
             self._k = w0.shape[1]
@@ -199,7 +200,7 @@ class MatvecGroup:
                 w.matvec(x, out)
             return
         xq, dx, xs = activation_buffers(self._bufs, x.shape[0], self._k)
-        self._kernel(*self._args, x, xq, dx, xs, outs)
+        self._kernels[x.shape[0] > 1](*self._args, x, xq, dx, xs, outs)
 
 
 class Fp8Block:

@@ -123,12 +123,14 @@ def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, 
 
 
 @lru_cache(maxsize=None)
-def affine_matvec_q8(bits, per):
+def affine_matvec_q8(bits, per, batched=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
     blocks of 32 per group: kernel(wqs, scales, biases, x, xq, dx, xs, outs), each of wqs, scales,
     biases, outs a tuple of one to three matrices that share the input x (q/k/v, gate/up), run as one
-    parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per): the group-scale loads and code unpacking are constants
-    of the generated code."""
+    parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per):
+    the group-scale loads and code unpacking are constants of the generated code. ``batched=False``
+    is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
+    a separate compile, made only when several sequences decode together."""
 
     order = ORDER_MLX4 if bits == 4 else ORDER_PLAIN
 
@@ -139,7 +141,7 @@ def affine_matvec_q8(bits, per):
         # (B, NB8) f32 (quantize_act)
         quantize_act(x, xq, dx, xs, order, HALF_NONE)
         nb = xq.shape[1] // 32
-        n_b = xq.shape[0]
+        n_b = xq.shape[0] if batched else 1
         n_mats = len(wqs)
         first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
         for i in range(n_mats):
@@ -153,7 +155,7 @@ def affine_matvec_q8(bits, per):
             r0 = (t - first[i]) * ROWS_PER_TASK
             for r in range(r0, min(wq.shape[0], r0 + ROWS_PER_TASK)):
                 wr, sr, br = wq[r], sc[r], bi[r]
-                if n_b == 1:  # decode of one sequence: no batch bookkeeping in the way
+                if not batched:  # a compile-time constant: one copy of the row code per kernel
                     affine_q8_dot(wr, sr, br, xq, dx, xs, nb, res, 1, bits, per)
                     out[0, r] = res[0]
                     continue
