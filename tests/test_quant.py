@@ -181,6 +181,9 @@ def test_fp8_kernels(n, k, scale_dtype, t):
     out = np.full((t, n), np.nan, np.float32)
     w.matmul(x, out)
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-2)
+    out = np.full((t, n), np.nan, np.float32)
+    w.matvec(x, out)  # the decode kernel (SIMD e4m3 decoding), every byte pattern but NaN
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-2)
 
 
 # -- bad input ------------------------------------------------------------------------------------

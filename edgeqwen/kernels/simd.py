@@ -144,10 +144,10 @@ def _decode_bytes(builder, raw, kind):
         return builder.sitofp(raw, _VF)
     if kind == "u8":
         return builder.uitofp(raw, _VF)
-    wide = builder.zext(raw, _VI32)
-    sign = builder.shl(builder.and_(wide, ir.Constant(_VI32, [0x80] * LANES)), ir.Constant(_VI32, [24] * LANES))
-    mag = builder.shl(builder.and_(wide, ir.Constant(_VI32, [0x7F] * LANES)), ir.Constant(_VI32, [20] * LANES))
-    return builder.bitcast(builder.or_(sign, mag), _VF)
+    # sign-extended and shifted left by 20, the byte's magnitude bits land on 20..26 and copies of its
+    # sign on 27..31: one mask keeps bit 31 and 20..26 (three instructions, not six)
+    wide = builder.shl(builder.sext(raw, _VI32), ir.Constant(_VI32, [20] * LANES))
+    return builder.bitcast(builder.and_(wide, ir.Constant(_VI32, [0x87F00000 - (1 << 32)] * LANES)), _VF)
 
 
 @intrinsic
