@@ -66,19 +66,23 @@ def test_bad_group(tmp_path):
         quantize_checkpoint(SRC, tmp_path / "q", 4, 48)
 
 
-def test_killed_run_leaves_no_model(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_leaves_no_model(tmp_path, sig):
     big = edgeqwen.synth_checkpoint(tmp_path / "src", "qwen3-0.6b", "bf16", num_hidden_layers=12)
     dst = tmp_path / "dst"
     partial = tmp_path / "dst.partial" / "model.safetensors.tmp"
     p = subprocess.Popen([sys.executable, "-m", "edgeqwen.cli", "quantize", str(big), str(dst)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (partial.exists() and partial.stat().st_size > 10_000_000) and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, "quantize finished before it could be interrupted"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0
     assert not dst.exists()  # only the .partial directory remains, never a DST that looks complete
+    if sig == signal.SIGINT:  # Ctrl-C: a one-line message, no traceback
+        assert "interrupted" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlx_lm") is None, reason="mlx-lm not installed")
