@@ -22,33 +22,33 @@ def embed(table, ids, out):
             out[t, j] = to_f32(table[row, j])
 
 
+@njit(inline="always", **JIT)
+def _rmsnorm_row(xr, weight, eps, outr):
+    # xr, outr: (H,) f32 (may alias); weight: (H,) stored dtype
+    h = xr.shape[0]
+    ss = np.float32(0.0)
+    for j in range(h):
+        ss += xr[j] * xr[j]
+    inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(h) + np.float32(eps)))
+    for j in range(h):
+        outr[j] = to_f32(weight[j]) * (xr[j] * inv)
+
+
 @njit(**JIT)
 def rmsnorm(x, weight, eps, out):
     # x: (T, H) f32; weight: (H,) stored dtype; out: (T, H) f32 (may alias x)
-    t_len, h = x.shape
-    for t in range(t_len):
-        ss = np.float32(0.0)
-        for j in range(h):
-            ss += x[t, j] * x[t, j]
-        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(h) + np.float32(eps)))
-        for j in range(h):
-            out[t, j] = to_f32(weight[j]) * (x[t, j] * inv)
+    for t in range(x.shape[0]):
+        _rmsnorm_row(x[t], weight, eps, out[t])
 
 
 @njit(**JIT)
 def add_rmsnorm(x, y, weight, eps, out):
-    # the residual add and the next RMSNorm in one call: x += y, then out = rmsnorm(x) exactly as
-    # rmsnorm computes it; x, y, out: (T, H) f32; weight: (H,) stored dtype
-    t_len, h = x.shape
-    for t in range(t_len):
-        for j in range(h):
+    # the residual add and the next RMSNorm in one call: x += y, then out = rmsnorm(x);
+    # x, y, out: (T, H) f32; weight: (H,) stored dtype
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
             x[t, j] += y[t, j]
-        ss = np.float32(0.0)
-        for j in range(h):
-            ss += x[t, j] * x[t, j]
-        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(h) + np.float32(eps)))
-        for j in range(h):
-            out[t, j] = to_f32(weight[j]) * (x[t, j] * inv)
+        _rmsnorm_row(x[t], weight, eps, out[t])
 
 
 @njit(**JIT)
