@@ -34,9 +34,15 @@ def available_memory() -> int | None:
         return None
 
 
-def _check(config: ModelConfig, ctx: int, dtype: str, slots: int = 1) -> None:
+def check_kv_dtype(dtype: str) -> str:
+    """``dtype`` if it names a KV cache storage ("f32", "f16"), else an EdgeQwenError."""
     if dtype not in KV_DTYPES:
-        raise EdgeQwenError(f"KV cache dtype must be one of {sorted(KV_DTYPES)}, got {dtype!r}")
+        raise EdgeQwenError(f"KV cache storage must be one of {sorted(KV_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def _check(config: ModelConfig, ctx: int, dtype: str, slots: int = 1) -> None:
+    check_kv_dtype(dtype)
     if ctx <= 0:
         raise EdgeQwenError(f"context length must be positive, got {ctx}")
     if ctx > config.max_position_embeddings:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import ModelConfig, config_from_gguf, load_config
 from .errors import EdgeQwenError
-from .kvcache import KV_DTYPES
+from .kvcache import check_kv_dtype
 from .model import Layer, Qwen3Model
 from .storage import open_safetensors_dir
 from .tokenizer import Tokenizer
@@ -99,9 +99,7 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
     Qwen3Model.set_exact_dots. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "f32") is the storage
     of the model's KV caches: "f32" or "f16" (half the memory, llama.cpp's default).
     """
-    kv_cache = kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "f32"
-    if kv_cache not in KV_DTYPES:
-        raise EdgeQwenError(f"KV cache storage must be one of {sorted(KV_DTYPES)}, got {kv_cache!r}")
+    kv_cache = check_kv_dtype(kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "f32")
     model = _load(Path(path), tokenizer)
     if exact_dots is None:
         exact_dots = os.environ.get("EDGEQWEN_EXACT_DOTS", "") not in ("", "0")

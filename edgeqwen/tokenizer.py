@@ -19,6 +19,10 @@ class Tokenizer:
         self.eos_ids = list(eos_ids)
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # id -> bytes for byte-level BPE vocabularies (added tokens now, the rest as first met);
+        # None where the vocabulary is not byte-level
+        self._bytes = ({i: t.content.encode() for i, t in backend.get_added_tokens_decoder().items()}
+                       if type(backend.decoder).__name__ == "ByteLevel" else None)
 
     @classmethod
     def from_dir(cls, directory: str | Path, config=None) -> "Tokenizer":
@@ -106,10 +110,6 @@ class Tokenizer:
     def token_bytes(self, ids) -> bytes | None:
         """The bytes ``ids`` stand for, for byte-level BPE vocabularies (Qwen, GPT-2, SmolLM2); None
         where a token is not byte-level (then only the decoded text is known)."""
-        if not hasattr(self, "_bytes"):
-            byte_level = type(self.backend.decoder).__name__ == "ByteLevel"
-            self._bytes = {i: t.content.encode() for i, t in self.backend.get_added_tokens_decoder().items()} \
-                if byte_level else None
         if self._bytes is None:
             return None
         out = []

@@ -12,8 +12,10 @@ import numpy as np
 from .errors import EdgeQwenError
 from .kernels import gguf_blocks, linear, ops, quant
 from .storage import TensorStore
+from .storage.safetensors import to_float32
 
 DENSE_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+_STORED_DTYPE = {kind: dtype for dtype, kind in DENSE_DTYPES.items()}
 
 
 def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
@@ -72,11 +74,7 @@ class Dense:
 
     def row_f32(self) -> np.ndarray:
         """The whole matrix as float32 (tests and tools only: it copies)."""
-        if self.kind == "bf16":
-            return (self.data.astype(np.uint32) << 16).view(np.float32)
-        if self.kind == "f16":
-            return self.data.view(np.float16).astype(np.float32)
-        return np.asarray(self.data, dtype=np.float32)
+        return to_float32(self.data, _STORED_DTYPE[self.kind])
 
 
 def _check_shape(store: TensorStore, name: str, shape: tuple[int, ...]) -> None:
@@ -115,7 +113,7 @@ class Affine:
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
-        self._group = None  # this weight's own MatvecGroup (int8 activations)
+        self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
         self._q8_kernel = bits == 8 or self.shape[1] % 64 == 0  # 4-bit codes go two blocks at a time
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
 
@@ -128,16 +126,6 @@ class Affine:
             # (B, K/2) x[:, 0::2] and x[:, 1::2] for the nibble kernels
             bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
         return bufs
-
-    @property
-    def int8_activations(self) -> bool:
-        """Decode with int8-quantized activations (True, the default) or float32 ones (exact)."""
-        return self._int8_activations
-
-    @int8_activations.setter
-    def int8_activations(self, on: bool) -> None:
-        self._int8_activations = on
-        self._group = None
 
     def _q8_key(self):
         """What decides the int8-activation kernel and its activation layout (None: float path)."""
@@ -178,8 +166,8 @@ class Affine:
 class MatvecGroup:
     """Decode matvecs of weights that share one input (q/k/v, gate/up, or one weight alone), set up
     once: int8-activation Affine weights of one layout run as one kernel launch that rounds the
-    input once; anything else runs each weight's own matvec. Rebuild it after changing a weight's
-    ``int8_activations``."""
+    input once; anything else runs each weight's own matvec (as do fused weights once one of them
+    has its ``int8_activations`` switched off: rebuild the group to fuse again)."""
 
     def __init__(self, ws):
         self.ws = tuple(ws)
@@ -195,7 +183,7 @@ class MatvecGroup:
 
     def __call__(self, x: np.ndarray, outs: tuple) -> None:
         """outs[i] (B, N_i) = x (B, K) @ ws[i].T."""
-        if not self.fused or not all(w._int8_activations for w in self.ws):  # (a weight switched since)
+        if not self.fused or not all(w.int8_activations for w in self.ws):
             for w, out in zip(self.ws, outs):
                 w.matvec(x, out)
             return

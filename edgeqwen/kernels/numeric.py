@@ -18,27 +18,28 @@ from numba.extending import intrinsic, overload
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 
 
-@intrinsic
-def _bf16_to_f32(typingctx, u):
-    if u != types.uint16:
-        raise TypingError("bf16 bits must be uint16")
+def _unary(arg, ret, body):
+    """An intrinsic taking one scalar of Numba type ``arg`` and returning ``ret``; ``body(builder,
+    value)`` emits its LLVM IR."""
 
-    def codegen(context, builder, signature, args):
-        wide = builder.zext(args[0], ir.IntType(32))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+    @intrinsic
+    def impl(typingctx, v):
+        if v != arg:
+            raise TypingError(f"expects {arg}, got {v}")
 
-    return types.float32(types.uint16), codegen
+        def codegen(context, builder, signature, args):
+            return body(builder, args[0])
+
+        return ret(arg), codegen
+
+    return impl
 
 
-@intrinsic
-def _f16_to_f32(typingctx, u):
-    if u != types.int16:
-        raise TypingError("f16 bits must be int16")
+_F32, _HALF, _I16, _I32 = ir.FloatType(), ir.HalfType(), ir.IntType(16), ir.IntType(32)
 
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.int16), codegen
+_bf16_to_f32 = _unary(types.uint16, types.float32,
+                      lambda bld, u: bld.bitcast(bld.shl(bld.zext(u, _I32), _i32(16)), _F32))
+_f16_to_f32 = _unary(types.int16, types.float32, lambda bld, u: bld.fpext(bld.bitcast(u, _HALF), _F32))
 
 
 def _u8_intrinsic(body):
@@ -48,32 +49,21 @@ def _u8_intrinsic(body):
     loop; these helpers emit the i32 operations directly so LLVM can use 16-lane (AVX-512) or
     8-lane (AVX2 / 2x NEON) vectors.
     """
-
-    @intrinsic
-    def impl(typingctx, b):
-        if b != types.uint8:
-            raise TypingError("expects uint8")
-
-        def codegen(context, builder, signature, args):
-            return body(builder, builder.zext(args[0], ir.IntType(32)))
-
-        return types.float32(types.uint8), codegen
-
-    return impl
+    return _unary(types.uint8, types.float32, lambda bld, b: body(bld, bld.zext(b, _I32)))
 
 
 def _i32(v):
-    return ir.Constant(ir.IntType(32), v)
+    return ir.Constant(_I32, v)
 
 
 # low nibble, high nibble, whole byte, as float32
-nib_lo = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.and_(u, _i32(15)), ir.FloatType()))
-nib_hi = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.lshr(u, _i32(4)), ir.FloatType()))
-u8_to_f32 = _u8_intrinsic(lambda bld, u: bld.uitofp(u, ir.FloatType()))
+nib_lo = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.and_(u, _i32(15)), _F32))
+nib_hi = _u8_intrinsic(lambda bld, u: bld.uitofp(bld.lshr(u, _i32(4)), _F32))
+u8_to_f32 = _u8_intrinsic(lambda bld, u: bld.uitofp(u, _F32))
 # an e4m3 byte's value / 2**120: sign to bit 31, exponent+mantissa to bits 20..26 (see kernels.quant)
 e4m3_unscaled = _u8_intrinsic(lambda bld, u: bld.bitcast(
     bld.or_(bld.shl(bld.and_(u, _i32(0x80)), _i32(24)), bld.shl(bld.and_(u, _i32(0x7F)), _i32(20))),
-    ir.FloatType()))
+    _F32))
 
 
 def to_f32(v):
@@ -94,15 +84,7 @@ def _to_f32_overload(v):
     raise TypingError(f"no float32 conversion for {v}")
 
 
-@intrinsic
-def _f32_to_f16_bits(typingctx, v):
-    if v != types.float32:
-        raise TypingError("expects float32")
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return types.int16(types.float32), codegen
+_f32_to_f16_bits = _unary(types.float32, types.int16, lambda bld, v: bld.bitcast(bld.fptrunc(v, _HALF), _I16))
 
 
 def from_f32(v, like):
@@ -119,27 +101,9 @@ def _from_f32_overload(v, like):
     raise TypingError(f"no float32 store into {like.dtype}")
 
 
-@intrinsic
-def f16_round(typingctx, v):
-    """float32 -> the nearest float16 -> float32 (what llama.cpp keeps of an activation block scale)."""
-    if v != types.float32:
-        raise TypingError("f16_round expects float32")
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.float32), codegen
-
-
-@intrinsic
-def _i32_bits_to_f32(typingctx, v):
-    if v != types.int32:
-        raise TypingError("expects int32")
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
+# float32 -> the nearest float16 -> float32 (what llama.cpp keeps of an activation block scale)
+f16_round = _unary(types.float32, types.float32, lambda bld, v: bld.fpext(bld.fptrunc(v, _HALF), _F32))
+_i32_bits_to_f32 = _unary(types.int32, types.float32, lambda bld, v: bld.bitcast(v, _F32))
 
 
 _LOG2E = np.float32(1.4426950408889634)
