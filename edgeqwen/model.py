@@ -51,7 +51,6 @@ class Workspace:
         self.o = np.empty((t, h), np.float32)  # o_proj and down_proj outputs
         self.gate = np.empty((t, i), np.float32)
         self.up = np.empty((t, i), np.float32)
-        self.scores = np.empty((t * cfg.num_key_value_heads, cfg.kv_mul, attn_k.BLOCK + 2), np.float32)
         self.logits = np.empty((n_logits, cfg.vocab_size), np.float32)
 
 
@@ -72,7 +71,7 @@ class Qwen3Model:
         self._sin = np.empty((0, config.head_dim // 2), np.float32)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
         self._parts: dict[int, tuple] = {}  # decode attention scratch per batch size (_attention_parts)
-        self._plans = None  # decode matvec groups (_decode_plans)
+        self._plans = None  # per-layer matvec groups (_matvec_groups)
         self.kv_dtype = "f32"  # KV cache storage of new caches: "f32" or "f16" (set by the loader)
         self.tensor_count = 0  # set by the loader
         self.file_bytes = 0  # bytes of all stored tensors, set by the loader
@@ -190,11 +189,11 @@ class Qwen3Model:
         k2 = ws.k.reshape(t, -1)
         v2 = ws.v.reshape(t, -1)
         attn2 = ws.attn.reshape(t, -1)
+        plans = self._matvec_groups()
         for li, layer in enumerate(self.layers):
+            qkv, o_proj, gate_up, down = plans[li]
             ops.rmsnorm(x, layer.input_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.q_proj.matmul(ws.h, q2)
-            layer.k_proj.matmul(ws.h, k2)
-            layer.v_proj.matmul(ws.h, v2)
+            qkv.matmul(ws.h, (q2, k2, v2))
             if layer.q_bias is not None:
                 q2 += layer.q_bias
                 k2 += layer.k_bias
@@ -202,23 +201,23 @@ class Qwen3Model:
             ops.qk_norm_rope_store(ws.q, ws.k, ws.v, layer.q_norm, layer.k_norm, cfg.rms_norm_eps,
                                    self._cos, self._sin, start, cache.k[li], cache.v[li], cfg.qk_norm,
                                    cfg.rope_interleaved)
-            attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.scores, ws.attn)
-            layer.o_proj.matmul(attn2, ws.o)
+            attn_k.attention(ws.q, cache.k[li], cache.v[li], start, ws.attn)
+            o_proj.matmul(attn2, (ws.o,))
             ops.add_rmsnorm(x, ws.o, layer.post_attention_layernorm, cfg.rms_norm_eps, ws.h)
-            layer.gate_proj.matmul(ws.h, ws.gate)
-            layer.up_proj.matmul(ws.h, ws.up)
-            ops.silu_mul(ws.gate, ws.up, ws.gate)
-            layer.down_proj.matmul(ws.gate, ws.o)
+            gate_up.matmul(ws.h, (ws.gate, ws.up))
+            ops.silu_mul(ws.gate, ws.up)
+            down.matmul(ws.gate, (ws.o,))
             ops.add_inplace(x, ws.o)
         cache.pos += t
         cache.tokens.extend(int(i) for i in ids)
         n = ws.logits.shape[0]
         ops.rmsnorm(x[t - n:], self.norm, cfg.rms_norm_eps, ws.h[:n])
-        getattr(self.lm_head, "matvec" if n == 1 else "matmul")(ws.h[:n], ws.logits)
+        lm_head = plans[-1]
+        (lm_head if n == 1 else lm_head.matmul)(ws.h[:n], (ws.logits,))
         return ws.logits
 
-    def _decode_plans(self):
-        # per layer the decode matvec groups (q/k/v, o, gate/up, down), then the lm_head's; built once
+    def _matvec_groups(self):
+        # per layer the matvec groups (q/k/v, o, gate/up, down), then the lm_head's; built once
         if self._plans is None:
             self._plans = [(MatvecGroup((L.q_proj, L.k_proj, L.v_proj)), MatvecGroup((L.o_proj,)),
                             MatvecGroup((L.gate_proj, L.up_proj)), MatvecGroup((L.down_proj,))) for L in self.layers]
@@ -233,7 +232,7 @@ class Qwen3Model:
         x = ws.x
         b = x.shape[0]
         q2, k2, v2, attn2 = ws.q.reshape(b, -1), ws.k.reshape(b, -1), ws.v.reshape(b, -1), ws.attn.reshape(b, -1)
-        plans = self._decode_plans()
+        plans = self._matvec_groups()
         ops.rmsnorm(x, self.layers[0].input_layernorm, eps, ws.h)
         for li, layer in enumerate(self.layers):
             qkv, o_proj, gate_up, down = plans[li]
@@ -248,7 +247,7 @@ class Qwen3Model:
             o_proj(attn2, (ws.o,))
             ops.add_rmsnorm(x, ws.o, layer.post_attention_layernorm, eps, ws.h)
             gate_up(ws.h, (ws.gate, ws.up))
-            ops.silu_mul(ws.gate, ws.up, ws.gate)
+            ops.silu_mul(ws.gate, ws.up)
             down(ws.gate, (ws.o,))
             nxt = self.layers[li + 1].input_layernorm if li + 1 < len(self.layers) else self.norm
             ops.add_rmsnorm(x, ws.o, nxt, eps, ws.h)  # the residual, then the next block's norm

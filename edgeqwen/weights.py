@@ -33,15 +33,16 @@ def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
 
 
 def activation_buffers(cache: dict, b: int, k: int):
-    """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act), kept in ``cache`` per batch
-    size: (B, K) int8 codes and (B, NB8) block scales and scaled block sums, NB8 the K/32 blocks
-    padded to whole octets."""
-    bufs = cache.get(b)
-    if bufs is None:
+    """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act): (B, K) int8 codes and
+    (B, NB8) block scales and scaled block sums, NB8 the K/32 blocks padded to whole octets. Views
+    of one allocation in ``cache`` that grows to the largest B asked for (decode's few tokens,
+    prefill's chunk)."""
+    bufs = cache.get("rows")
+    if bufs is None or bufs[0].shape[0] < b:
         nb8 = -(-k // 256) * 8
-        bufs = cache[b] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
-                           np.empty((b, nb8), np.float32))
-    return bufs
+        bufs = cache["rows"] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
+                                np.empty((b, nb8), np.float32))
+    return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
 def quantized_activations(cache: dict, x: np.ndarray, order: int, half_scale: int):
@@ -148,6 +149,11 @@ class Affine:
             quant.affine8_matvec(self.wq, self.scales, self.biases, x, xsum, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self._q8_key() is not None:
+            if self._group is None:
+                self._group = MatvecGroup((self,))
+            self._group.matmul(x, (out,))
+            return
         kernel = quant.affine4_matmul if self.bits == 4 else quant.affine8_matmul
         padded_matmul(lambda xp, op: kernel(self.wq, self.scales, self.biases, xp, op), x, out)
 
@@ -164,10 +170,11 @@ class Affine:
 
 
 class MatvecGroup:
-    """Decode matvecs of weights that share one input (q/k/v, gate/up, or one weight alone), set up
-    once: int8-activation Affine weights of one layout run as one kernel launch that rounds the
-    input once; anything else runs each weight's own matvec (as do fused weights once one of them
-    has its ``int8_activations`` switched off: rebuild the group to fuse again)."""
+    """Products of weights that share one input (q/k/v, gate/up, or one weight alone), set up once:
+    int8-activation Affine weights of one layout run as one kernel launch that rounds the input
+    once, for decode's few tokens and prefill's many alike (each row read once for all of them);
+    anything else runs each weight's own matvec or matmul (as do fused weights once one of them has
+    its ``int8_activations`` switched off: rebuild the group to fuse again)."""
 
     def __init__(self, ws):
         self.ws = tuple(ws)
@@ -178,7 +185,7 @@ class MatvecGroup:
             self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32),
                              quant.affine_matvec_q8(w0.bits, w0.group_size // 32, True))
             self._args = (tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws))
-            self._bufs: dict[int, tuple] = {}
+            self._bufs: dict = {}
             self._k = w0.shape[1]
 
     def __call__(self, x: np.ndarray, outs: tuple) -> None:
@@ -189,6 +196,15 @@ class MatvecGroup:
             return
         xq, dx, xs = activation_buffers(self._bufs, x.shape[0], self._k)
         self._kernels[x.shape[0] > 1](*self._args, x, xq, dx, xs, outs)
+
+    def matmul(self, x: np.ndarray, outs: tuple) -> None:
+        """outs[i] (T, N_i) = x (T, K) @ ws[i].T for prefill: the decode kernel when fused (its
+        tokens go eight at a time past each decoded row), else each weight's own matmul."""
+        if not self.fused or not all(w.int8_activations for w in self.ws):
+            for w, out in zip(self.ws, outs):
+                w.matmul(x, out)
+            return
+        self(x, outs)
 
 
 class Fp8Block:
@@ -344,7 +360,7 @@ class Blocks:
         # (teacher-forced top-1 0.965 vs 0.972) and changed its answer to the README's question
         self.int8_activations = False
         self._q8_kernel = kind == "Q8_0" or (kind in ("Q4_0", "Q4_1") and shape[1] % 64 == 0)  # else float32 only
-        self._prep_q8: dict[int, tuple] = {}
+        self._prep_q8: dict = {}
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.int8_activations and self._q8_kernel:

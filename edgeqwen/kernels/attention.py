@@ -1,9 +1,10 @@
-"""Causal GQA attention over the KV cache, one kernel for prefill and decode.
+"""Causal GQA attention over the KV cache: prefill (many tokens of one sequence) and decode (one
+token of each of B sequences).
 
-Query token t sits at absolute position ``start + t`` and attends to cache positions
-0..start+t. One task is one (token, kv head) pair: the ``kv_mul`` query heads that share a
-K/V head read each cached key and value once. Keys are visited in blocks of ``BLOCK``
-with an online softmax, so memory stays O(BLOCK) per task, whatever the context length.
+Query token t sits at absolute position ``start + t`` and attends to cache positions 0..start+t.
+The ``kv_mul`` query heads that share a K/V head read each cached key and value together. Keys
+are visited in blocks with an online softmax (prefill) or in spans merged by log-sum-exp
+(decode), so scratch stays bounded whatever the context length.
 """
 
 import math
@@ -11,71 +12,90 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .linear import tile_matmul
 from .numeric import JIT, exp_f32, to_f32
 
-BLOCK = 128
 NEG_BIG = np.float32(-1e30)  # not -inf: fastmath lets LLVM assume no infinities
+Q_ROWS = 32  # query rows (token, head) per prefill task
+KEYS = 64  # cached positions per step of a prefill task
 
 
 @njit(inline="always", **JIT)
-def _attend(qt, k_cache, v_cache, n_keys, g, s, o):
-    # qt: (n_heads, hd) one token's queries; k_cache, v_cache: (ctx, n_kv, hd) f32, or f16 bits as int16
-    # g: the kv head; s: (kv_mul, BLOCK + 2) scratch; o: (kv_mul, hd) output of heads g*kv_mul...
-    kv_mul, hd = o.shape
-    scale = np.float32(1.0 / math.sqrt(hd))
-    m = s[:, BLOCK]
-    l = s[:, BLOCK + 1]
-    m[:] = NEG_BIG
-    l[:] = 0.0
-    o[:] = 0.0
-    for b0 in range(0, n_keys, BLOCK):
-        b1 = min(n_keys, b0 + BLOCK)
-        for h in range(kv_mul):
-            qh = qt[g * kv_mul + h]
-            bmax = NEG_BIG
-            for p in range(b0, b1):
-                kp = k_cache[p, g]
-                acc = np.float32(0.0)
-                for j in range(hd):
-                    acc += qh[j] * to_f32(kp[j])
-                acc *= scale
-                s[h, p - b0] = acc
-                bmax = max(bmax, acc)
-            m_new = max(m[h], bmax)
-            corr = exp_f32(m[h] - m_new)
-            total = np.float32(0.0)
-            for p in range(b0, b1):
-                e = exp_f32(s[h, p - b0] - m_new)
-                s[h, p - b0] = e
-                total += e
-            l[h] = l[h] * corr + total
-            m[h] = m_new
-            oh = o[h]
-            for j in range(hd):
-                oh[j] *= corr
-            for p in range(b0, b1):
-                e = s[h, p - b0]
-                vp = v_cache[p, g]
-                for j in range(hd):
-                    oh[j] += e * to_f32(vp[j])
-    for h in range(kv_mul):
-        inv = np.float32(1.0) / l[h]
-        for j in range(hd):
-            o[h, j] *= inv
+def _softmax_step(s, r, hi, m, l, o):
+    # online softmax of row r of a key block: scores s[r, :hi] (the keys row r may see; none if
+    # hi <= 0) become exp(score - running max), the rest of the row 0; the running max m[r], sum
+    # l[r] and output o[r] are rescaled to the new max
+    if hi <= 0:
+        s[r, :] = 0.0
+        return
+    bmax = NEG_BIG
+    for i in range(hi):
+        bmax = max(bmax, s[r, i])
+    m_new = max(m[r], bmax)
+    corr = exp_f32(m[r] - m_new)
+    total = np.float32(0.0)
+    for i in range(hi):
+        e = exp_f32(s[r, i] - m_new)
+        s[r, i] = e
+        total += e
+    for i in range(hi, s.shape[1]):
+        s[r, i] = 0.0
+    l[r] = l[r] * corr + total
+    m[r] = m_new
+    for j in range(o.shape[1]):
+        o[r, j] *= corr
 
 
 @njit(parallel=True, **JIT)
-def attention(q, k_cache, v_cache, start, scores, out):
-    # q: (T, n_heads, hd) f32 at positions start..start+T-1; k_cache, v_cache: (ctx, n_kv, hd) f32
-    # scores: (T * n_kv, kv_mul, BLOCK + 2) f32 scratch (block scores, running max, running sum)
-    # out: (T, n_heads, hd) f32
+def attention(q, k_cache, v_cache, start, out):
+    # prefill: q (T, n_heads, hd) f32 at positions start..start+T-1 attends causally to k_cache,
+    # v_cache (ctx, n_kv, hd) f32 or f16 bits; out (T, n_heads, hd) f32. One task is one kv head
+    # and a block of tokens: its Q_ROWS (token, head) query rows meet KEYS cached positions at a
+    # time as two small matrix products on linear.tile_matmul's register blocks (scores = Q K^T,
+    # then P V), with an online softmax in between, so each key and value is read once per block.
     t_len, n_heads, hd = q.shape
     n_kv = k_cache.shape[1]
     kv_mul = n_heads // n_kv
-    for task in prange(t_len * n_kv):
-        t = task // n_kv
-        g = task % n_kv
-        _attend(q[t], k_cache, v_cache, start + t + 1, g, scores[task], out[t, g * kv_mul:(g + 1) * kv_mul])
+    per = max(1, Q_ROWS // kv_mul)  # tokens per task
+    n_blocks = (t_len + per - 1) // per
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for task in prange(n_kv * n_blocks):
+        g = task // n_blocks
+        t0 = (task % n_blocks) * per
+        t1 = min(t_len, t0 + per)
+        nq = (t1 - t0) * kv_mul
+        nq4 = (nq + 3) // 4 * 4
+        qt = np.zeros((nq4, hd), np.float32)  # row r: token t0 + r // kv_mul, head g * kv_mul + r % kv_mul
+        for r in range(nq):
+            for j in range(hd):
+                qt[r, j] = q[t0 + r // kv_mul, g * kv_mul + r % kv_mul, j] * scale
+        kt = np.empty((KEYS, hd), np.float32)
+        vt = np.zeros((hd, KEYS), np.float32)  # the values transposed: P V is then P @ vt.T
+        s = np.empty((nq4, KEYS), np.float32)
+        ob = np.empty((nq4, hd), np.float32)
+        o = np.zeros((nq4, hd), np.float32)
+        m = np.full(nq4, NEG_BIG, np.float32)
+        l = np.zeros(nq4, np.float32)
+        n_keys = start + t1  # what the block's last token sees
+        for p0 in range(0, n_keys, KEYS):
+            kb = min(KEYS, n_keys - p0)
+            for i in range(kb):
+                for j in range(hd):
+                    kt[i, j] = to_f32(k_cache[p0 + i, g, j])
+                    vt[j, i] = to_f32(v_cache[p0 + i, g, j])
+            if kb < KEYS:
+                vt[:, kb:] = 0.0
+            tile_matmul(kt, kb, qt, s, 0)  # s[:, :kb] = scaled scores
+            for r in range(nq):
+                _softmax_step(s, r, min(kb, start + t0 + r // kv_mul + 1 - p0), m, l, o)
+            tile_matmul(vt, hd, s, ob, 0)  # ob = P @ V
+            for r in range(nq):
+                for j in range(hd):
+                    o[r, j] += ob[r, j]
+        for r in range(nq):
+            inv = np.float32(1.0) / l[r]
+            for j in range(hd):
+                out[t0 + r // kv_mul, g * kv_mul + r % kv_mul, j] = o[r, j] * inv
 
 
 SPLIT = 64  # cached positions per task of decode attention

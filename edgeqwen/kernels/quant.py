@@ -17,7 +17,8 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, f16_round, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, MAX_B, Q8_MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, q8_dot
+from .simd import (AFFINE_MAX_B, MAX_B, Q8_MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, q8_dot,
+                   quant_block)
 
 ROWS_PER_TASK = 16
 E4M3_RESCALE = np.float32(2.0 ** 120)
@@ -61,41 +62,30 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
     # ggml Q4 byte j holds elements j, j+16. half_scale: HALF_NONE keeps d in
     # float32; HALF_Q8_0 rounds d through float16 (llama.cpp's Q8_0), HALF_Q8_1 also the stored
     # sum d * sum(q) (llama.cpp's Q8_1, which Q4_1 dots use).
-    q = np.empty(32, np.int32)
     nb = x.shape[1] // 32
+    quads = nb // 4 * 4 if order == ORDER_MLX4 else 0
     for b in range(x.shape[0]):
+        xr = x[b]
+        qr = xq[b]
         for g in range(nb):
-            amax = np.float32(0.0)
-            for j in range(32):
-                amax = max(amax, abs(x[b, 32 * g + j]))
-            d = amax / np.float32(127.0)
-            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
-            total = 0
-            for j in range(32):
-                q[j] = np.int32(np.rint(x[b, 32 * g + j] * inv))
-                total += q[j]
-            base = 64 * (g // 2) + 16 * (g % 2)  # this block's low-nibble partners in its pair
-            if order == ORDER_MLX4:
-                hi = 32
-                if g < nb // 4 * 4:  # in a quad: four blocks' low partners, then their high ones
-                    base = 128 * (g // 4) + 16 * (g % 4)
-                    hi = 64
-                for j in range(16):
-                    xq[b, base + j] = q[2 * j]
-                    xq[b, base + hi + j] = q[2 * j + 1]
+            if g < quads:  # four blocks' low-nibble partners, then their high ones
+                base = 128 * (g // 4) + 16 * (g % 4)
+                amax, total = quant_block(xr, 32 * g, qr, base, base + 64, 1)
+            elif order == ORDER_MLX4:  # a last pair
+                base = 64 * (g // 2) + 16 * (g % 2)
+                amax, total = quant_block(xr, 32 * g, qr, base, base + 32, 1)
             elif order == ORDER_GGML4:
-                for j in range(16):
-                    xq[b, base + j] = q[j]
-                    xq[b, base + 32 + j] = q[j + 16]
+                base = 64 * (g // 2) + 16 * (g % 2)
+                amax, total = quant_block(xr, 32 * g, qr, base, base + 32, 2)
             else:
-                for j in range(32):
-                    xq[b, 32 * g + j] = q[j]
+                amax, total = quant_block(xr, 32 * g, qr, 32 * g, 0, 0)
+            d = amax / np.float32(127.0)
             if half_scale == HALF_Q8_1:
                 dx[b, g] = f16_round(d)
-                xs[b, g] = f16_round(d * np.float32(total))
+                xs[b, g] = f16_round(d * total)
             else:
                 dx[b, g] = f16_round(d) if half_scale == HALF_Q8_0 else d
-                xs[b, g] = dx[b, g] * np.float32(total)
+                xs[b, g] = dx[b, g] * total
         for g in range(nb, dx.shape[1]):
             dx[b, g] = 0.0
             xs[b, g] = 0.0

@@ -641,3 +641,55 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _tree(builder, vec, combine):
+    """Reduce a vector to its element 0 by halving: combine(lo_half, hi_half) at each step."""
+    width = vec.type.count
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+        vec = combine(lo, hi)
+    return builder.extract_element(vec, ir.Constant(_I32, 0))
+
+
+@intrinsic
+def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
+    """Round the 32 activations x[x_off:x_off+32] to int8 codes round(x * 127 / max|x|) (0 when all
+    are 0; ties to even, like np.rint) and store them in q by ``layout`` (literal): 0 all 32 in order
+    at lo_off; 1 the even-indexed 16 at lo_off, the odd at hi_off (MLX nibble partners); 2 the first
+    16 at lo_off, the last 16 at hi_off (ggml nibble partners). Returns (max|x|, sum of the codes)."""
+    _check_array(x, types.float32, "x")
+    _check_array(q, types.int8, "q")
+    if not isinstance(layout, types.IntegerLiteral) or layout.literal_value not in (0, 1, 2):
+        raise TypingError("layout must be an integer literal 0, 1 or 2")
+    mode = layout.literal_value
+    sig = types.UniTuple(types.float32, 2)(x, x_off, q, lo_off, hi_off, layout)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        xp = _ptr(context, builder, at[0], args[0])
+        qp = _ptr(context, builder, at[2], args[2])
+        lo = _i64(context, builder, args[3], at[3])
+        hi = _i64(context, builder, args[4], at[4])
+        vf = ir.VectorType(_F32, 32)
+        v = _load_vec(builder, xp, _i64(context, builder, args[1], at[1]), vf, 4)
+        mags = _call(builder, "llvm.fabs.v32f32", vf, [v])
+        amax = _tree(builder, mags, lambda a, b: _call(builder, f"llvm.maxnum.v{a.type.count}f32", a.type, [a, b]))
+        positive = builder.fcmp_ordered(">", amax, ir.Constant(_F32, 0.0))
+        inv = builder.select(positive, builder.fdiv(ir.Constant(_F32, 127.0), amax), ir.Constant(_F32, 0.0))
+        scaled = builder.fmul(v, _splat(builder, inv, vf))
+        codes = builder.fptosi(_call(builder, "llvm.rint.v32f32", vf, [scaled]), ir.VectorType(_I32, 32))
+        total = _tree(builder, codes, builder.add)
+        q8 = builder.trunc(codes, ir.VectorType(ir.IntType(8), 32))
+        if mode == 0:
+            builder.store(q8, builder.bitcast(builder.gep(qp, [lo]), q8.type.as_pointer()), align=1)
+        else:
+            parts = ((range(0, 32, 2), range(1, 32, 2)) if mode == 1 else (range(16), range(16, 32)))
+            for off, idx in zip((lo, hi), parts):
+                half = builder.shuffle_vector(q8, q8, ir.Constant(ir.VectorType(_I32, 16), list(idx)))
+                builder.store(half, builder.bitcast(builder.gep(qp, [off]), half.type.as_pointer()), align=1)
+        return context.make_tuple(builder, signature.return_type, [amax, builder.sitofp(total, _F32)])
+
+    return sig, codegen
