@@ -49,6 +49,7 @@ golden: $(BIN)/edgeqwen
 	$(BIN)/python tools/make_golden.py
 	$(BIN)/python tools/make_golden_quant.py
 	$(BIN)/python tools/make_golden_gguf.py
+	$(BIN)/python tools/llama_cpp_modes.py
 
 clean:
 	rm -rf $(VENV) models

@@ -91,6 +91,12 @@ def test_smollm2_teacher_forced_agrees_with_llama_cpp(smol):
     # measured 0.96-0.98 per prompt: llama.cpp's own rounding of activations for its quantized dot
     # products decides these near-ties (against llama.cpp on the dequantized weights we agree 100%)
     assert agree / total > 0.95
+    # and no worse than llama.cpp agrees with itself in its other configurations (tools/llama_cpp_modes.py:
+    # one token per batch 0.965, flash attention 0.960, on this file)
+    modes = np.load(GG / "smollm2_modes.npz")
+    for mode in ("decode", "flash_attn"):
+        own = np.mean(np.concatenate([modes[f"{mode}_top1_{i}"] == g[f"top1_{i}"] for i in range(5)]))
+        assert agree / total >= own, (mode, agree / total, own)
 
 
 def test_smollm2_equals_llama_cpp_on_the_dequantized_weights(smol):
@@ -104,13 +110,26 @@ def test_smollm2_equals_llama_cpp_on_the_dequantized_weights(smol):
         assert np.abs(np.take_along_axis(logits, ref_ids, -1) - ref).max() < 1e-3
 
 
+def shared_prefix(a, b) -> int:
+    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def test_smollm2_greedy_starts_like_llama_cpp(smol):
     g = np.load(GG / "smollm2.npz")
+    ours = 0
     for i in range(5):
         tokens = [t for t, _ in generate_step(smol, g[f"prompt_{i}"], smol.new_cache(256), make_sampler(0.0), 32)]
         want = g[f"greedy_{i}"].tolist()
-        same = next((j for j, (a, b) in enumerate(zip(tokens, want)) if a != b), 32)
+        same = shared_prefix(tokens, want)
         assert same >= 4, (i, tokens[:8], want[:8])
+        ours += same
+    # llama.cpp with flash attention on diverges from its own default run sooner (0-30 tokens per
+    # prompt, tools/llama_cpp_modes.py): the first 32 greedy tokens are decided by near-ties that
+    # any change of summation order can flip; hold edgeqwen to llama.cpp's own spread
+    modes = np.load(GG / "smollm2_modes.npz")
+    own = min(sum(shared_prefix(modes[f"{mode}_greedy_{i}"], g[f"greedy_{i}"]) for i in range(5))
+              for mode in ("decode", "flash_attn"))
+    assert ours >= own, (ours, own)
 
 
 @pytest.mark.parametrize("kind,vs_llama,vs_float", [("F16", 0.05, 0.05), ("Q8_0", 1.0, 1.5), ("Q4_0", 1.2, 15.0)])
