@@ -181,6 +181,7 @@ def test_exp_f32_against_float64():
 
 
 @pytest.mark.parametrize("n_keys,nh,nkv,hd", [(1, 2, 2, 16), (63, 8, 2, 16), (64, 16, 8, 128), (65, 4, 4, 32),
+                                               (70, 9, 3, 64), (200, 32, 8, 128), (3, 14, 2, 64),
                                                (300, 16, 8, 128), (129, 6, 3, 16)])
 @pytest.mark.parametrize("kv", ["f32", "f16"])
 def test_decode_attention_split_by_position(n_keys, nh, nkv, hd, kv):

@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from .linear import tile_matmul
 from .numeric import JIT, exp_f32, to_f32
+from .simd import dot_rows, prefetch, weighted_rows
 
 NEG_BIG = np.float32(-1e30)  # not -inf: fastmath lets LLVM assume no infinities
 Q_ROWS = 32  # query rows (token, head) per prefill task
@@ -102,10 +103,29 @@ SPLIT = 64  # cached positions per task of decode attention
 
 
 @njit(inline="always", **JIT)
+def _span_softmax(s, n_p, o, ml):
+    # per head: the span's scores s[h, :n_p] -> exp(score - span max) in place, (max, sum) into
+    # ml (n_heads, 2); the head's output row o[h] zeroed
+    for h in range(s.shape[0]):
+        m = NEG_BIG
+        for i in range(n_p):
+            m = max(m, s[h, i])
+        total = np.float32(0.0)
+        for i in range(n_p):
+            e = exp_f32(s[h, i] - m)
+            s[h, i] = e
+            total += e
+        ml[h, 0] = m
+        ml[h, 1] = total
+        for j in range(o.shape[1]):
+            o[h, j] = 0.0
+
+
+@njit(inline="always", **JIT)
 def _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd):
-    # positions p0..p0+n_p-1 for every head: scores into s (n_heads, SPLIT), their softmax partial
-    # (max, sum) into ml (n_heads, 2), the exp-weighted sum of values into o (n_heads, hd). The
-    # caller passes hd as a literal where it can, so the inner loops have constant trip counts.
+    # positions p0..p0+n_p-1 for every head, plain loops (any head size): scores into s
+    # (n_heads, SPLIT), their softmax partial (max, sum) into ml (n_heads, 2), the exp-weighted sum
+    # of values into o (n_heads, hd)
     n_heads = q.shape[0]
     n_kv = k_cache.shape[1]
     kv_mul = n_heads // n_kv
@@ -118,19 +138,7 @@ def _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd):
                 for j in range(hd):
                     acc += qh[j] * to_f32(kp[j])
                 s[g * kv_mul + hh, i] = acc * scale
-    for h in range(n_heads):
-        m = NEG_BIG
-        for i in range(n_p):
-            m = max(m, s[h, i])
-        total = np.float32(0.0)
-        for i in range(n_p):
-            e = exp_f32(s[h, i] - m)
-            s[h, i] = e
-            total += e
-        ml[h, 0] = m
-        ml[h, 1] = total
-        for j in range(hd):
-            o[h, j] = 0.0
+    _span_softmax(s, n_p, o, ml)
     for i in range(n_p):
         for g in range(n_kv):
             vp = v_cache[p0 + i, g]
@@ -142,14 +150,47 @@ def _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd):
 
 
 @njit(inline="always", **JIT)
+def _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, heads, hd):
+    # _decode_span on the SIMD row intrinsics, ``heads`` (literal 1 or 2, dividing kv_mul) query
+    # heads per cached row; hd a literal in simd.ROW_WIDTHS. Scores go position by position (the
+    # keys stream in memory order) and ask the cache for each position's values meanwhile; the
+    # value sums then go kv head by kv head with the outputs held in registers.
+    n_heads = q.shape[0]
+    n_kv = k_cache.shape[1]
+    kv_mul = n_heads // n_kv
+    stride = n_kv * hd
+    for i in range(n_p):
+        row = (p0 + i) * stride
+        prefetch(v_cache, row, stride)
+        for g in range(n_kv):
+            for h0 in range(g * kv_mul, (g + 1) * kv_mul, heads):
+                dot_rows(k_cache, row + g * hd, stride, q, h0 * hd, hd, 1, s, h0 * SPLIT + i, SPLIT, scale, heads, hd)
+    _span_softmax(s, n_p, o, ml)
+    for g in range(n_kv):
+        for h0 in range(g * kv_mul, (g + 1) * kv_mul, heads):
+            weighted_rows(v_cache, p0 * stride + g * hd, stride, s, h0 * SPLIT, SPLIT, n_p, o, h0 * hd, hd,
+                          heads, hd)
+
+
+@njit(inline="always", **JIT)
 def _span_task(q, k_cache, v_cache, n_keys, task, s, o, ml):
-    # task-th SPLIT positions of one sequence's decode attention (hd a literal for Qwen3's 128)
+    # task-th SPLIT positions of one sequence's decode attention: the row intrinsics for the usual
+    # head sizes (literal), plain loops otherwise
     hd = q.shape[1]
     scale = np.float32(1.0 / math.sqrt(hd))
     p0 = task * SPLIT
     n_p = min(n_keys, p0 + SPLIT) - p0
+    pairs = (q.shape[0] // k_cache.shape[1]) % 2 == 0
     if hd == 128:
-        _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, 128)
+        if pairs:
+            _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, 2, 128)
+        else:
+            _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, 1, 128)
+    elif hd == 64:
+        if pairs:
+            _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, 2, 64)
+        else:
+            _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, 1, 64)
     else:
         _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd)
 
@@ -186,15 +227,17 @@ def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_
     # (B, n_tasks, n_heads, hd), part_ml: (B, n_tasks, n_heads, 2) f32 scratch, n_tasks >=
     # ceil(ctx / SPLIT); out: (B, n_heads, hd) f32
     b_len, n_heads, hd = q.shape
-    per = part_o.shape[1]
-    for bt in prange(b_len * per):
-        b = bt // per
-        task = bt % per
-        n_keys = positions[b] + 1
-        if task * SPLIT < n_keys:
-            s = np.empty((n_heads, SPLIT), np.float32)
-            sl = slots[b]
-            _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], n_keys, task, s, part_o[b, task],
-                       part_ml[b, task])
+    first = np.zeros(b_len + 1, np.int64)  # first task of each sequence: only spans that hold keys
+    for b in range(b_len):
+        first[b + 1] = first[b] + (positions[b] + SPLIT) // SPLIT
+    for bt in prange(first[b_len]):
+        b = 0
+        while bt >= first[b + 1]:
+            b += 1
+        task = bt - first[b]
+        s = np.empty((n_heads, SPLIT), np.float32)
+        sl = slots[b]
+        _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], positions[b] + 1, task, s, part_o[b, task],
+                   part_ml[b, task])
     for b in prange(b_len):
         _merge(part_o[b], part_ml[b], (positions[b] + SPLIT) // SPLIT, out[b])

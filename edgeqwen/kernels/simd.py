@@ -693,3 +693,125 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
         return context.make_tuple(builder, signature.return_type, [amax, builder.sitofp(total, _F32)])
 
     return sig, codegen
+
+
+def _check_rows(ty, dtypes, what):
+    if not (isinstance(ty, types.Array) and ty.layout == "C" and ty.dtype in dtypes):
+        raise TypingError(f"{what} must be a C-contiguous array of {dtypes}, got {ty}")
+
+
+def _literals(pairs):
+    for lit, allowed, what in pairs:
+        if not isinstance(lit, types.IntegerLiteral) or lit.literal_value not in allowed:
+            raise TypingError(f"{what} must be an integer literal in {tuple(allowed)}")
+
+
+ROW_WIDTHS = (64, 128, 256)  # head_dim values the attention intrinsics are compiled for
+MAX_HEADS = 4
+
+
+@intrinsic
+def dot_rows(typingctx, k, k_off, k_stride, q, q_off, q_stride, n, s, s_off, s_stride, scale, heads, width):
+    """Scaled dots of ``heads`` (literal) query rows with ``n`` cached rows (decode attention scores):
+    s[s_off + h*s_stride + i] = scale * sum_j q[q_off + h*q_stride + j] * k[k_off + i*k_stride + j],
+    j < width (literal, in ROW_WIDTHS). k: float32, or float16 bits as int16; q, s: float32; every
+    array C-contiguous, offsets and strides in elements of its flat data. The query rows stay in
+    registers; each cached row is read once for all heads."""
+    _check_rows(k, (types.float32, types.int16), "k")
+    _check_rows(q, (types.float32,), "q")
+    _check_rows(s, (types.float32,), "s")
+    _literals(((heads, range(1, MAX_HEADS + 1), "heads"), (width, ROW_WIDTHS, "width")))
+    nh, nc, kdt = heads.literal_value, width.literal_value // LANES, k.dtype
+    sig = types.none(k, k_off, k_stride, q, q_off, q_stride, n, s, s_off, s_stride, scale, heads, width)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        kp, qp, sp = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 7))
+        k_off, k_str, q_off, q_str, cnt, s_off, s_str = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 5, 6, 8, 9))
+        scale_v = context.cast(builder, args[10], at[10], types.float32)
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+        kvec = ir.VectorType(kp.type.pointee, LANES)
+        qs = [[_load_vec(builder, qp, builder.add(q_off, builder.add(builder.mul(c(h), q_str), c(LANES * j))), _VF, 4)
+               for j in range(nc)] for h in range(nh)]
+        with cgutils.for_range(builder, cnt) as loop:
+            row = builder.add(k_off, builder.mul(loop.index, k_str))
+            ks = [_stored_to_f32(builder, _load_vec(builder, kp, builder.add(row, c(LANES * j)), kvec, 4), kdt)
+                  for j in range(nc)]
+            for h in range(nh):
+                acc = builder.fmul(qs[h][0], ks[0])
+                for j in range(1, nc):
+                    acc = _fma(builder, qs[h][j], ks[j], acc)
+                dot = builder.fmul(_hsum(builder, acc), scale_v)
+                at_s = builder.add(s_off, builder.add(builder.mul(c(h), s_str), loop.index))
+                builder.store(dot, builder.gep(sp, [at_s]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def weighted_rows(typingctx, v, v_off, v_stride, w, w_off, w_stride, n, out, out_off, out_stride, heads, width):
+    """Weighted sums of ``n`` cached rows for ``heads`` (literal) weight rows (decode attention's
+    P V): out[out_off + h*out_stride + j] = sum_i w[w_off + h*w_stride + i] * v[v_off + i*v_stride + j],
+    j < width (literal, in ROW_WIDTHS), written (not accumulated). v: float32, or float16 bits as
+    int16; w, out: float32; C-contiguous, offsets and strides in elements of the flat data. The
+    outputs stay in registers for all n rows; each cached row is read once for all heads."""
+    _check_rows(v, (types.float32, types.int16), "v")
+    _check_rows(w, (types.float32,), "w")
+    _check_rows(out, (types.float32,), "out")
+    _literals(((heads, range(1, MAX_HEADS + 1), "heads"), (width, ROW_WIDTHS, "width")))
+    nh, nc, vdt = heads.literal_value, width.literal_value // LANES, v.dtype
+    sig = types.none(v, v_off, v_stride, w, w_off, w_stride, n, out, out_off, out_stride, heads, width)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        vp, wp, op = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 7))
+        v_off, v_str, w_off, w_str, cnt, o_off, o_str = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 5, 6, 8, 9))
+        c = lambda x: ir.Constant(_I64, x)  # noqa: E731
+        vvec = ir.VectorType(vp.type.pointee, LANES)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nc)] for _ in range(nh)]
+        with cgutils.for_range(builder, cnt) as loop:
+            row = builder.add(v_off, builder.mul(loop.index, v_str))
+            vs = [_stored_to_f32(builder, _load_vec(builder, vp, builder.add(row, c(LANES * j)), vvec, 4), vdt)
+                  for j in range(nc)]
+            for h in range(nh):
+                e = builder.load(builder.gep(wp, [builder.add(w_off, builder.add(builder.mul(c(h), w_str), loop.index))]))
+                ev = _splat(builder, e, _VF)
+                for j in range(nc):
+                    _fma_into(builder, accs[h][j], ev, vs[j])
+        for h in range(nh):
+            base = builder.add(o_off, builder.mul(c(h), o_str))
+            for j in range(nc):
+                ptr = builder.bitcast(builder.gep(op, [builder.add(base, c(LANES * j))]), _VF.as_pointer())
+                builder.store(builder.load(accs[h][j]), ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, off, n):
+    """Ask the cache for elements a[off:off+n] of a C-contiguous array's flat data, one request per
+    64-byte line (llvm.prefetch: a hint, never a fault)."""
+    if not (isinstance(a, types.Array) and a.layout == "C"):
+        raise TypingError(f"a must be a C-contiguous array, got {a}")
+    sig = types.none(a, off, n)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        base = _ptr(context, builder, at[0], args[0])
+        first = builder.bitcast(builder.gep(base, [_i64(context, builder, args[1], at[1])]), ir.IntType(8).as_pointer())
+        size = context.get_abi_sizeof(context.get_data_type(at[0].dtype))
+        n_bytes = builder.mul(_i64(context, builder, args[2], at[2]), ir.Constant(_I64, size))
+        n_lines = builder.udiv(builder.add(n_bytes, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
+        i8p = ir.IntType(8).as_pointer()
+        fn = builder.module.globals.get("llvm.prefetch.p0i8")
+        if fn is None:
+            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                             name="llvm.prefetch.p0i8")
+        with cgutils.for_range(builder, n_lines) as loop:
+            ptr = builder.gep(first, [builder.mul(loop.index, ir.Constant(_I64, 64))])
+            builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
