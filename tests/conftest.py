@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,9 @@ def tiny_model_dir(tmp_path_factory):
                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                      max_position_embeddings=512)
     return out
+
+
+def default_sigint():
+    """preexec_fn for CLI subprocesses that tests interrupt: a shell that starts the test run in the
+    background hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

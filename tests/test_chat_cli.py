@@ -10,6 +10,8 @@ import pytest
 
 import edgeqwen
 
+from conftest import default_sigint
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -23,7 +25,8 @@ def model_dir(tmp_path_factory):
 def spawn(model_dir, *args):
     env = dict(os.environ, NUMBA_NUM_THREADS="2", TERM="xterm", XDG_STATE_HOME=str(model_dir.parent / "state"))
     child = pexpect.spawn(sys.executable, ["-m", "edgeqwen.cli", "chat", "-m", str(model_dir), "--seed", "0",
-                                           *args], env=env, encoding="utf-8", timeout=120, dimensions=(40, 200))
+                                           *args], env=env, encoding="utf-8", timeout=120, dimensions=(40, 200),
+                          preexec_fn=default_sigint)
     child.expect_exact(">>> ")
     return child
 

@@ -15,7 +15,7 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.quantize import quantize_checkpoint
 from edgeqwen.storage import open_safetensors_dir
 
-from conftest import FIXTURES
+from conftest import FIXTURES, default_sigint
 
 GQ = FIXTURES / "golden_quant"
 SRC = GQ / "src-bf16"
@@ -72,7 +72,7 @@ def test_killed_run_leaves_no_model(tmp_path, sig):
     dst = tmp_path / "dst"
     partial = tmp_path / "dst.partial" / "model.safetensors.tmp"
     p = subprocess.Popen([sys.executable, "-m", "edgeqwen.cli", "quantize", str(big), str(dst)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 60
     while not (partial.exists() and partial.stat().st_size > 10_000_000) and time.time() < deadline:
         time.sleep(0.05)

@@ -112,6 +112,16 @@ def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, 
         b0 = e
 
 
+@njit(inline="always", **JIT)
+def _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per):
+    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per literals): out[b, r]
+    e = b0 + take
+    for r in range(r0, r1):
+        affine_q8_dot(wq[r], sc[r], bi[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, res, take, bits, per)
+        for b in range(b0, e):
+            out[b, r] = res[b - b0]
+
+
 @lru_cache(maxsize=None)
 def affine_matvec_q8(bits, per, batched=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
@@ -143,28 +153,25 @@ def affine_matvec_q8(bits, per, batched=False):
             wq, sc, bi, out = wqs[i], scales[i], biases[i], outs[i]
             res = np.empty(AFFINE_MAX_B, np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
-            for r in range(r0, min(wq.shape[0], r0 + ROWS_PER_TASK)):
-                wr, sr, br = wq[r], sc[r], bi[r]
-                if not batched:  # a compile-time constant: one copy of the row code per kernel
-                    affine_q8_dot(wr, sr, br, xq, dx, xs, nb, res, 1, bits, per)
-                    out[0, r] = res[0]
-                    continue
-                b0 = 0  # 8, 4, 2 and 1 tokens per call
-                while b0 < n_b:
-                    left = n_b - b0
-                    take = 8 if left >= 8 else 4 if left >= 4 else 2 if left >= 2 else 1
-                    e = b0 + take
-                    if take == 8:
-                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 8, bits, per)
-                    elif take == 4:
-                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 4, bits, per)
-                    elif take == 2:
-                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 2, bits, per)
-                    else:
-                        affine_q8_dot(wr, sr, br, xq[b0:e], dx[b0:e], xs[b0:e], nb, res, 1, bits, per)
-                    for b in range(b0, e):
-                        out[b, r] = res[b - b0]
-                    b0 = e
+            r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
+            if not batched:  # a compile-time constant: one copy of the row code per kernel
+                _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per)
+                continue
+            b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
+            while b0 < n_b:
+                left = n_b - b0
+                if left >= 8:
+                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per)
+                    b0 += 8
+                elif left >= 4:
+                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per)
+                    b0 += 4
+                elif left >= 2:
+                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per)
+                    b0 += 2
+                else:
+                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per)
+                    b0 += 1
 
     return kernel
 

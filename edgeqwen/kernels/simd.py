@@ -464,19 +464,6 @@ def _widen(builder, vec, width):
                                                          [n] * (width - n)))
 
 
-def _octet_totals(builder, units):
-    """16 x i32 unit sums covering eight blocks in order (each block a run of equal-size lanes)
-    -> one 8 x i32 vector of the eight block sums (exact integer adds)."""
-    vs = units
-    while len(vs) > 1:
-        vs = [_pair_sums(builder, vs[i], vs[i + 1]) for i in range(0, len(vs), 2)]
-    v = vs[0]
-    if v.type.count == 16:
-        v = _pair_sums(builder, v, v)
-        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
-    return v
-
-
 def _stored_to_f32(builder, v, dtype):
     """Vector (or scalar) of stored scale elements -> float32 (numeric.to_f32's dtype map)."""
     if dtype == types.float32:
@@ -502,8 +489,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
     of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
     the high nibbles (16 each); a last pair of blocks (n_blocks % 4 == 2) as q8_dot's "nib" pair
     (quant.quantize_act, ORDER_MLX4). n_blocks must be even for 4 bits. dx, xs are zero-padded to
-    whole octets. The float arithmetic per octet is q8_dot's, and each token's is the same whatever
-    n_rows is.
+    whole octets. The integer sums are not reduced to block totals: each unit's 16 lanes are
+    converted as they are and multiplied by their block's scale x activation scale (one shuffle of
+    the octet's eight), into a 16-lane accumulator summed once per row; each token's arithmetic is
+    the same whatever n_rows is.
     """
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
@@ -579,6 +568,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
 
         blocks_per_unit = 4 if nbits == 4 else 2
         units_per_octet = 8 // blocks_per_unit
+        # lane l of unit i of an octet holds products of the octet's block i * blocks_per_unit + l // (16 / bpu)
+        lane_block = [[i * blocks_per_unit + lane * blocks_per_unit // 16 for lane in range(16)]
+                      for i in range(units_per_octet)]
+        lane_accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
 
         def group_vec(ptr, g0, checked):
             # the eight blocks' group values as 8 x f32 (zero past n_blocks when checked)
@@ -623,13 +616,16 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
             c8 = group_vec(sp, g0, checked)
             m8 = group_vec(bp, g0, checked)
             for b in range(nb):
-                totals = builder.sitofp(_octet_totals(builder, [u[b] for u in per_unit]), _VF8)
                 off = builder.add(builder.mul(c(b), row_d), g0)
-                d8 = _load_vec(builder, dxa.data, off, _VF8, 4)
+                cd8 = builder.fmul(c8, _load_vec(builder, dxa.data, off, _VF8, 4))  # scale x activation scale
                 s8 = _load_vec(builder, xsa.data, off, _VF8, 4)
-                acc = builder.load(accs[b])
-                acc = _fma(builder, totals, builder.fmul(c8, d8), acc)
-                builder.store(_fma(builder, m8, s8, acc), accs[b])
+                builder.store(_fma(builder, m8, s8, builder.load(accs[b])), accs[b])
+                # each unit's lanes stay lanes: converted, times their block's factor, summed once per row
+                acc = builder.load(lane_accs[b])
+                for i, u in enumerate(per_unit):
+                    cd16 = builder.shuffle_vector(cd8, cd8, ir.Constant(_VI32x16, lane_block[i]))
+                    acc = _fma(builder, builder.sitofp(u[b], _VF), cd16, acc)
+                builder.store(acc, lane_accs[b])
 
         full = builder.udiv(ng, c(8))
         with cgutils.for_range(builder, full) as loop:
@@ -637,7 +633,8 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))):
             octet(full, True)
         for b in range(nb):
-            builder.store(_hsum(builder, builder.load(accs[b])), builder.gep(rp, [c(b)]))
+            total = builder.fadd(builder.load(lane_accs[b]), _widen(builder, builder.load(accs[b]), 16))
+            builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
         return context.get_dummy_value()
 
     return sig, codegen
