@@ -95,8 +95,9 @@ def _kv_cache(ctx, param, value):
         os.environ["EDGEQWEN_KV_CACHE"] = value  # read by loader.load
 
 
-KV_CACHE = click.option("--kv-cache", type=click.Choice(["f32", "f16"]), default=None, expose_value=False,
-                        callback=_kv_cache, help="KV cache storage: f16 halves its memory [default: f32].")
+KV_CACHE = click.option("--kv-cache", type=click.Choice(["auto", "f32", "f16"]), default=None, expose_value=False,
+                        callback=_kv_cache, help="KV cache storage: f16 halves its memory and attention's reads; "
+                        "auto is f16 for quantized weights, f32 for float ones [default: auto].")
 
 
 @main.command()

@@ -13,7 +13,7 @@ from .kvcache import check_kv_dtype
 from .model import Layer, Qwen3Model
 from .storage import open_safetensors_dir
 from .tokenizer import Tokenizer
-from .weights import load_dense, load_gguf_tensor, load_linear, load_vector
+from .weights import Dense, load_dense, load_gguf_tensor, load_linear, load_vector
 
 
 def _bias(store, name, size):
@@ -96,14 +96,20 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
     The tokenizer comes from the directory's tokenizer.json; without one, ``model.tokenizer`` is
     None and the model takes token ids only. ``exact_dots`` (default: the EDGEQWEN_EXACT_DOTS
     environment variable) keeps decode activations in float32 for quantized weights, see
-    Qwen3Model.set_exact_dots. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "f32") is the storage
-    of the model's KV caches: "f32" or "f16" (half the memory, llama.cpp's default).
+    Qwen3Model.set_exact_dots. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto") is the storage
+    of the model's KV caches: "f32", "f16" (half the memory and of attention's reads; llama.cpp's
+    default), or "auto": f16 for quantized weights, f32 for float ones (their reference numbers).
     """
-    kv_cache = check_kv_dtype(kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "f32")
+    kv_cache = kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "auto"
+    if kv_cache != "auto":
+        check_kv_dtype(kv_cache)
     model = _load(Path(path), tokenizer)
     if exact_dots is None:
         exact_dots = os.environ.get("EDGEQWEN_EXACT_DOTS", "") not in ("", "0")
     model.set_exact_dots(exact_dots)
+    if kv_cache == "auto":
+        quantized = any(not isinstance(w, Dense) for w in model.matrices())
+        kv_cache = "f16" if quantized else "f32"
     model.kv_dtype = kv_cache
     return model
 

@@ -24,7 +24,7 @@ from conftest import GOLDEN
                                   "golden_gguf/qwen3-tiny-Q4_0.gguf", "golden_gguf/qwen3-tiny-Q8_0.gguf"])
 def test_batched_decode_is_bitwise_the_single_decode(name):
     m = edgeqwen.load(GOLDEN.parent / name)
-    bc = BatchKVCache(m.config, 5, 200)
+    bc = BatchKVCache(m.config, 5, 200, m.kv_dtype)  # f16 for the quantized ones (auto)
     prompts = [np.arange(5) + 1, np.arange(150) + 20, np.arange(3) + 50, np.arange(7) + 9, np.arange(2) + 3]
     singles = []
     for s, p in enumerate(prompts):

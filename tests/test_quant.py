@@ -24,7 +24,8 @@ ATOL = {"int": 3e-4, "mix": 3e-4, "fp8": 1e-4}
 @pytest.fixture(scope="module", params=MODELS)
 def golden(request):
     d = GQ / request.param
-    return request.param, edgeqwen.load(d), np.load(d / "reference.npz")
+    # float32 KV cache: the reference's numbers (the default for quantized weights is f16)
+    return request.param, edgeqwen.load(d, kv_cache="f32"), np.load(d / "reference.npz")
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -253,3 +254,16 @@ def test_fp8_without_scales(tmp_path):
     d = broken_copy(tmp_path, "fp8-bf16", edit_tensors=drop)
     with pytest.raises(EdgeQwenError, match="k_proj.weight.*without its scales"):
         edgeqwen.load(d)
+
+
+def test_kv_cache_storage_follows_the_weights(monkeypatch):
+    # auto (the default): float16 keys and values next to quantized weights, float32 next to float ones
+    monkeypatch.delenv("EDGEQWEN_KV_CACHE", raising=False)
+    assert edgeqwen.load(GQ / "int4-g64").kv_dtype == "f16"
+    assert edgeqwen.load(GQ / "fp8-bf16").kv_dtype == "f16"
+    assert edgeqwen.load(FIXTURES / "golden" / "tied-gqa2-f32").kv_dtype == "f32"
+    assert edgeqwen.load(GQ / "int4-g64", kv_cache="f32").kv_dtype == "f32"
+    monkeypatch.setenv("EDGEQWEN_KV_CACHE", "f32")
+    assert edgeqwen.load(GQ / "int4-g64").kv_dtype == "f32"
+    with pytest.raises(EdgeQwenError, match="KV cache storage"):
+        edgeqwen.load(GQ / "int4-g64", kv_cache="f8")
