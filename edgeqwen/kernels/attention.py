@@ -102,7 +102,7 @@ def attention(q, k_cache, v_cache, start, out):
 SPLIT = 64  # cached positions per task of decode attention
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _span_softmax(s, n_p, o, ml):
     # per head: the span's scores s[h, :n_p] -> exp(score - span max) in place, (max, sum) into
     # ml (n_heads, 2); the head's output row o[h] zeroed
@@ -121,7 +121,7 @@ def _span_softmax(s, n_p, o, ml):
             o[h, j] = 0.0
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd):
     # positions p0..p0+n_p-1 for every head, plain loops (any head size): scores into s
     # (n_heads, SPLIT), their softmax partial (max, sum) into ml (n_heads, 2), the exp-weighted sum
@@ -149,7 +149,7 @@ def _decode_span(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, hd):
                     o[h, j] += e * to_f32(vp[j])
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, heads, hd):
     # _decode_span on the SIMD row intrinsics, ``heads`` (literal 1 or 2, dividing kv_mul) query
     # heads per cached row; hd a literal in simd.ROW_WIDTHS. Scores go position by position (the
@@ -172,7 +172,7 @@ def _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, heads, hd):
                           heads, hd)
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _span_task(q, k_cache, v_cache, n_keys, task, s, o, ml):
     # task-th SPLIT positions of one sequence's decode attention: the row intrinsics for the usual
     # head sizes (literal), plain loops otherwise
