@@ -228,6 +228,7 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
 @njit(**JIT)
 def affine4_rows(wq, scales, biases, r0, rows, tile):
     # dequantize rows r0..r0+rows of an int4 matrix into tile: (TILE_ROWS, K) f32
+    # (per group through 1-D slices, as in fp8_rows: 5x faster than indexing the 2-D arrays)
     n_groups = scales.shape[1]
     hb = wq.shape[1] // n_groups
     for i in range(rows):
@@ -235,10 +236,12 @@ def affine4_rows(wq, scales, biases, r0, rows, tile):
         for g in range(n_groups):
             s = to_f32(scales[r, g])
             b = to_f32(biases[r, g])
-            for j in range(g * hb, (g + 1) * hb):
-                v = wq[r, j]
-                tile[i, 2 * j] = s * nib_lo(v) + b
-                tile[i, 2 * j + 1] = s * nib_hi(v) + b
+            src = wq[r, g * hb:(g + 1) * hb]
+            dst = tile[i, 2 * g * hb:2 * (g + 1) * hb]
+            for j in range(hb):
+                v = src[j]
+                dst[2 * j] = s * nib_lo(v) + b
+                dst[2 * j + 1] = s * nib_hi(v) + b
 
 
 @njit(parallel=True, **JIT)
@@ -282,8 +285,10 @@ def affine8_rows(wq, scales, biases, r0, rows, tile):
         for g in range(n_groups):
             s = to_f32(scales[r, g])
             b = to_f32(biases[r, g])
-            for j in range(g * gs, (g + 1) * gs):
-                tile[i, j] = s * u8_to_f32(wq[r, j]) + b
+            src = wq[r, g * gs:(g + 1) * gs]
+            dst = tile[i, g * gs:(g + 1) * gs]
+            for j in range(gs):
+                dst[j] = s * u8_to_f32(src[j]) + b
 
 
 @njit(parallel=True, **JIT)
