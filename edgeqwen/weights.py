@@ -134,11 +134,14 @@ class Affine:
             return None
         return self.bits, self.group_size, self.shape[1], self.scales.dtype
 
+    def _own_group(self) -> MatvecGroup:
+        if self._group is None:
+            self._group = MatvecGroup((self,))
+        return self._group
+
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         if self._q8_key() is not None:
-            if self._group is None:
-                self._group = MatvecGroup((self,))
-            self._group(x, (out,))
+            self._own_group()(x, (out,))
             return
         xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
@@ -150,9 +153,7 @@ class Affine:
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         if self._q8_key() is not None:
-            if self._group is None:
-                self._group = MatvecGroup((self,))
-            self._group.matmul(x, (out,))
+            self._own_group().matmul(x, (out,))
             return
         kernel = quant.affine4_matmul if self.bits == 4 else quant.affine8_matmul
         padded_matmul(lambda xp, op: kernel(self.wq, self.scales, self.biases, xp, op), x, out)
@@ -188,9 +189,12 @@ class MatvecGroup:
             self._bufs: dict = {}
             self._k = w0.shape[1]
 
+    def _runs_fused(self) -> bool:
+        return self.fused and all(w.int8_activations for w in self.ws)
+
     def __call__(self, x: np.ndarray, outs: tuple) -> None:
         """outs[i] (B, N_i) = x (B, K) @ ws[i].T."""
-        if not self.fused or not all(w.int8_activations for w in self.ws):
+        if not self._runs_fused():
             for w, out in zip(self.ws, outs):
                 w.matvec(x, out)
             return
@@ -200,7 +204,7 @@ class MatvecGroup:
     def matmul(self, x: np.ndarray, outs: tuple) -> None:
         """outs[i] (T, N_i) = x (T, K) @ ws[i].T for prefill: the decode kernel when fused (its
         tokens go eight at a time past each decoded row), else each weight's own matmul."""
-        if not self.fused or not all(w.int8_activations for w in self.ws):
+        if not self._runs_fused():
             for w, out in zip(self.ws, outs):
                 w.matmul(x, out)
             return

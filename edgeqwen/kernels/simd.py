@@ -26,9 +26,16 @@ _VI32 = ir.VectorType(_I32, LANES)
 _VI8 = ir.VectorType(ir.IntType(8), LANES)
 
 
-def _check_array(ty, dtype, what):
-    if not (isinstance(ty, types.Array) and ty.ndim == 1 and ty.layout == "C" and ty.dtype == dtype):
-        raise TypingError(f"{what} must be a C-contiguous 1-D {dtype} array, got {ty}")
+def _check_array(ty, dtype, what, ndim=1):
+    if not (isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" and ty.dtype == dtype):
+        raise TypingError(f"{what} must be a C-contiguous {ndim}-D {dtype} array, got {ty}")
+
+
+def _literals(pairs):
+    """Each (type, allowed values, name): the type must be an integer literal with an allowed value."""
+    for lit, allowed, what in pairs:
+        if not isinstance(lit, types.IntegerLiteral) or lit.literal_value not in allowed:
+            raise TypingError(f"{what} must be an integer literal in {tuple(allowed)}")
 
 
 def _ptr(context, builder, ty, value):
@@ -50,15 +57,20 @@ def _load_vec(builder, base, offset, vec_ty, align):
     return builder.load(builder.bitcast(ptr, vec_ty.as_pointer()), align=align)
 
 
-def _hsum(builder, vec):
-    # a fixed pairwise tree (no fast-math: the same order in every kernel)
+def _tree(builder, vec, combine):
+    """Reduce a vector to its element 0 by halving: combine(lo_half, hi_half) at each step."""
     width = vec.type.count
     while width > 1:
         width //= 2
         lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
         hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-        vec = builder.fadd(lo, hi)
+        vec = combine(lo, hi)
     return builder.extract_element(vec, ir.Constant(_I32, 0))
+
+
+def _hsum(builder, vec):
+    # a fixed pairwise tree (no fast-math: the same order in every kernel)
+    return _tree(builder, vec, builder.fadd)
 
 
 def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
@@ -199,10 +211,8 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
     _check_array(scales, types.float32, "scales")
     _check_array(res, types.float32, "res")
     for a in (xl, xh):
-        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == types.float32):
-            raise TypingError("xl, xh must be C-contiguous 2-D float32 arrays")
-    if not isinstance(n_rows, types.IntegerLiteral) or not 1 <= n_rows.literal_value <= MAX_B:
-        raise TypingError(f"n_rows must be an integer literal in 1..{MAX_B}")
+        _check_array(a, types.float32, "xl, xh", 2)
+    _literals(((n_rows, range(1, MAX_B + 1), "n_rows"),))
     nb = n_rows.literal_value
     sig = types.none(codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes, res,
                      n_rows)
@@ -328,10 +338,8 @@ def q8_dot(typingctx, codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs,
         _check_array(a, types.float32, "wscale, wmin")
     _check_array(res, types.float32, "res")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
-        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == dt):
-            raise TypingError(f"activations must be C-contiguous 2-D {dt} arrays, got {a}")
-    if not isinstance(n_rows, types.IntegerLiteral) or not 1 <= n_rows.literal_value <= Q8_MAX_B:
-        raise TypingError(f"n_rows must be an integer literal in 1..{Q8_MAX_B}")
+        _check_array(a, dt, "activations", 2)
+    _literals(((n_rows, range(1, Q8_MAX_B + 1), "n_rows"),))
     if not isinstance(kind, types.StringLiteral) or kind.literal_value not in Q8_KINDS:
         raise TypingError(f"kind must be a literal in {Q8_KINDS}")
     nb, code_kind = n_rows.literal_value, kind.literal_value
@@ -503,12 +511,8 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
     if scales.dtype != biases.dtype:
         raise TypingError("scales and biases must share a dtype")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
-        if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == dt):
-            raise TypingError(f"activations must be C-contiguous 2-D {dt} arrays, got {a}")
-    for lit, allowed, what in ((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"),
-                               (per, (1, 2, 4), "per")):
-        if not isinstance(lit, types.IntegerLiteral) or lit.literal_value not in allowed:
-            raise TypingError(f"{what} must be an integer literal in {tuple(allowed)}")
+        _check_array(a, dt, "activations", 2)
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (1, 2, 4), "per")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
     sig = types.none(codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per)
 
@@ -640,17 +644,6 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
     return sig, codegen
 
 
-def _tree(builder, vec, combine):
-    """Reduce a vector to its element 0 by halving: combine(lo_half, hi_half) at each step."""
-    width = vec.type.count
-    while width > 1:
-        width //= 2
-        lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-        hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-        vec = combine(lo, hi)
-    return builder.extract_element(vec, ir.Constant(_I32, 0))
-
-
 @intrinsic
 def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
     """Round the 32 activations x[x_off:x_off+32] to int8 codes round(x * 127 / max|x|) (0 when all
@@ -659,8 +652,7 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
     16 at lo_off, the last 16 at hi_off (ggml nibble partners). Returns (max|x|, sum of the codes)."""
     _check_array(x, types.float32, "x")
     _check_array(q, types.int8, "q")
-    if not isinstance(layout, types.IntegerLiteral) or layout.literal_value not in (0, 1, 2):
-        raise TypingError("layout must be an integer literal 0, 1 or 2")
+    _literals(((layout, (0, 1, 2), "layout"),))
     mode = layout.literal_value
     sig = types.UniTuple(types.float32, 2)(x, x_off, q, lo_off, hi_off, layout)
 
@@ -695,12 +687,6 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
 def _check_rows(ty, dtypes, what):
     if not (isinstance(ty, types.Array) and ty.layout == "C" and ty.dtype in dtypes):
         raise TypingError(f"{what} must be a C-contiguous array of {dtypes}, got {ty}")
-
-
-def _literals(pairs):
-    for lit, allowed, what in pairs:
-        if not isinstance(lit, types.IntegerLiteral) or lit.literal_value not in allowed:
-            raise TypingError(f"{what} must be an integer literal in {tuple(allowed)}")
 
 
 ROW_WIDTHS = (64, 128, 256)  # head_dim values the attention intrinsics are compiled for
