@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .synth import f32_to_bf16 as _bf16
-from .weights import Affine, Blocks, Dense, Fp8Block
+from .weights import Affine, Dense, Fp8Block, gguf_matrix
 
 # (N, K): q/o 1024x1024 (0.6B), k/v-sized and MLP of 0.6B, the 151936-row lm_head, the 4B MLP
 SHAPES = ((1024, 1024), (3072, 1024), (1024, 3072), (151936, 1024), (2560, 9728), (9728, 2560))
@@ -45,7 +45,7 @@ def make_weight(fmt: str, n: int, k: int, seed: int = 0):
     raw = rng.integers(0, 256, (n, k // per, size), dtype=np.uint8)
     for o in offsets:
         raw[:, :, o:o + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
-    return Blocks(raw.reshape(n, -1), fmt, (n, k))
+    return gguf_matrix(raw.reshape(n, -1), fmt, (n, k))
 
 
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)

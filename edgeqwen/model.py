@@ -87,11 +87,11 @@ class Qwen3Model:
         return mats
 
     def set_exact_dots(self, exact: bool) -> None:
-        """exact=True: MLX int4/int8 weights meet float32 activations in decode (the reference numbers);
-        False (the default): int8-quantized activations and integer dot products (llama.cpp's
-        scheme, about twice as fast for int4; logits move by the activation rounding)."""
+        """exact=True: MLX int4/int8 and GGUF block weights meet float32 activations (the reference
+        numbers); False (the default): int8-quantized activations and integer dot products
+        (llama.cpp's scheme, about twice as fast for int4; logits move by the activation rounding)."""
         for w in self.matrices():
-            if isinstance(w, Affine):  # GGUF blocks keep float32 activations (see weights.Blocks)
+            if isinstance(w, Affine):
                 w.int8_activations = not exact
         self._plans = None
 

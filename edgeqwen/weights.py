@@ -45,13 +45,6 @@ def activation_buffers(cache: dict, b: int, k: int):
     return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
-def quantized_activations(cache: dict, x: np.ndarray, order: int, half_scale: int):
-    """x (B, K) -> (xq, dx, xs) for the integer-dot kernels, in buffers from ``activation_buffers``."""
-    bufs = activation_buffers(cache, *x.shape)
-    quant.quantize_act(x, *bufs, order, half_scale)
-    return bufs
-
-
 class Dense:
     """A bf16 / f16 / f32 matrix used exactly as stored (see kernels.numeric for the views)."""
 
@@ -104,18 +97,20 @@ def load_vector(store: TensorStore, name: str, size: int) -> np.ndarray:
 class Affine:
     """MLX-layout affine group quantization: ``w = scale * q + bias`` per group of ``group_size``."""
 
-    def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int):
+    def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int,
+                 kind: str = ""):
         self.wq = wq  # (N, K * bits / 8) uint8: the uint32 words as little-endian bytes
         self.scales = scales  # (N, K / group_size) stored dtype
         self.biases = biases  # (N, K / group_size) stored dtype
         self.bits = bits
         self.group_size = group_size
-        self.kind = f"int{bits}-g{group_size}"
+        self.kind = kind or f"int{bits}-g{group_size}"
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
-        self._q8_kernel = bits == 8 or self.shape[1] % 64 == 0  # 4-bit codes go two blocks at a time
+        # int8 activations come in blocks of 32, and 4-bit codes go two blocks at a time
+        self._q8_kernel = group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
 
     def _buffers(self, b: int):
@@ -350,49 +345,31 @@ GGUF_BLOCK_IDS = {"Q8_0": gguf_blocks.Q8_0, "Q4_0": gguf_blocks.Q4_0, "Q4_1": gg
                   "Q4_K": gguf_blocks.Q4_K, "Q6_K": gguf_blocks.Q6_K}
 
 
-class Blocks:
-    """A llama.cpp block-quantized matrix (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) on its mapped bytes."""
+def _f16_if_exact(a: np.ndarray) -> np.ndarray:
+    """a (f32) as the int16 view of float16 when every value survives the trip, else a itself."""
+    h = a.astype(np.float16)
+    return h.view(np.int16) if np.array_equal(h.astype(np.float32), a) else a
 
-    def __init__(self, raw: np.ndarray, kind: str, shape: tuple[int, int]):
-        self.raw = raw  # (N, row_bytes) uint8
-        self.kind = kind
-        self.qtype = GGUF_BLOCK_IDS[kind]
-        self.shape = shape
-        self.nbytes = raw.nbytes
-        self._xsum: dict[int, np.ndarray] = {}  # B -> (B, K/32) block sums of the activations
-        # llama.cpp-style int8 activations are opt-in here: on SmolLM2 they agreed less with llama.cpp
-        # (teacher-forced top-1 0.965 vs 0.972) and changed its answer to the README's question
-        self.int8_activations = False
-        self._q8_kernel = kind == "Q8_0" or (kind in ("Q4_0", "Q4_1") and shape[1] % 64 == 0)  # else float32 only
-        self._prep_q8: dict = {}
 
-    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        if self.int8_activations and self._q8_kernel:
-            order = quant.ORDER_PLAIN if self.kind == "Q8_0" else quant.ORDER_GGML4
-            half = quant.HALF_Q8_1 if self.kind == "Q4_1" else quant.HALF_Q8_0
-            xq, dx, xs = quantized_activations(self._prep_q8, x, order, half)
-            gguf_blocks.blocks_matvec_q8(self.raw, self.qtype, xq, dx, xs, out)
-            return
-        xsum = self._xsum.get(x.shape[0])
-        if xsum is None:
-            xsum = self._xsum[x.shape[0]] = np.empty((x.shape[0], self.shape[1] // 32), np.float32)
-        quant.group_sums(x, xsum, 32)
-        gguf_blocks.blocks_matvec(self.raw, self.qtype, x, xsum, out)
-
-    def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
-        padded_matmul(lambda xp, op: gguf_blocks.blocks_matmul(self.raw, self.qtype, xp, op), x, out)
-
-    def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
-        gguf_blocks.blocks_embed(self.raw, self.qtype, ids, out)
-
-    def row_f32(self) -> np.ndarray:
-        out = np.empty(self.shape, np.float32)
-        gguf_blocks.blocks_embed(self.raw, self.qtype, np.arange(self.shape[0], dtype=np.int64), out)
-        return out
+def gguf_matrix(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Affine:
+    """A llama.cpp block-quantized matrix (raw: (N, row_bytes) u8, as mapped) rewritten exactly in the
+    MLX affine layout (kernels.gguf_blocks): one scale and bias per 32 weights (16 for Q6_K), f16
+    where every value is exact in it (Q8_0, Q4_0, Q4_1), else f32 (Q4_K's and Q6_K's scale products).
+    Q8_0 / Q4_0 / Q4_1 / Q4_K then run on the int8-activation kernels like MLX int4/int8 (llama.cpp
+    rounds activations for them too); Q6_K's 16-weight groups take the float32-activation kernels.
+    Costs one parallel pass at load and a copy in memory (Q4_K 1.33x its file bytes, Q6_K 1.5x)."""
+    n, k = shape
+    bits = 4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8
+    group = 16 if kind == "Q6_K" else 32
+    wq = np.empty((n, k * bits // 8), np.uint8)
+    scales = np.empty((n, k // group), np.float32)
+    biases = np.empty((n, k // group), np.float32)
+    gguf_blocks.to_affine(raw, GGUF_BLOCK_IDS[kind], wq, scales, biases)
+    return Affine(wq, _f16_if_exact(scales), _f16_if_exact(biases), bits, group, kind=kind)
 
 
 def load_gguf_tensor(gf, name: str, shape: tuple[int, ...]):
-    """A GGUF tensor as a weight (matrices) or a float32-view vector (norms, biases), shape-checked."""
+    """A GGUF tensor as a weight (matrices) or a float32 vector (norms, biases), shape-checked."""
     if name not in gf.tensors:
         raise EdgeQwenError(f"{gf.path}: tensor {name!r} is missing")
     kind, got, data = gf.tensors[name]
@@ -401,6 +378,6 @@ def load_gguf_tensor(gf, name: str, shape: tuple[int, ...]):
     if kind in GGUF_BLOCK_IDS:
         if len(shape) != 2:
             raise EdgeQwenError(f"{gf.path}: tensor {name!r} is {kind} but not a matrix")
-        return Blocks(data, kind, shape)
+        return gguf_matrix(data, kind, shape)
     dense = Dense(data, {"F32": "f32", "F16": "f16", "BF16": "bf16"}[kind])
     return dense if len(shape) == 2 else dense.row_f32()

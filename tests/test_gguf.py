@@ -11,7 +11,7 @@ import edgeqwen
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.generate import generate_step
 from edgeqwen.sampling import make_sampler
-from edgeqwen.weights import Blocks
+from edgeqwen.weights import gguf_matrix
 
 from conftest import FIXTURES
 
@@ -38,24 +38,29 @@ def random_blocks(kind, n, k):
         for b in range(k // 256):
             for o in ((0, 2) if kind == "Q4_K" else (208,)):
                 raw[:, b * size + o:b * size + o + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
-    return Blocks(raw, kind, (n, k)), gguf.quants.dequantize(raw, qt).astype(np.float64)
+    return gguf_matrix(raw, kind, (n, k)), gguf.quants.dequantize(raw, qt).astype(np.float64)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("kind,k", [("Q8_0", 512), ("Q4_0", 512), ("Q4_1", 512), ("Q4_K", 512), ("Q6_K", 512),
+                                    ("Q8_0", 288), ("Q4_0", 288), ("Q4_1", 288)])
 @pytest.mark.parametrize("t", [1, 3, 6])
-def test_block_kernels_match_gguf_dequantizer(kind, t):
-    n, k = 37, 512
+def test_block_kernels_match_gguf_dequantizer(kind, k, t):
+    # the blocks rewritten into the affine layout hold exactly the gguf package's dequantized values
+    # (288 = 9 blocks: 4-bit rows of an odd block count take the float32-activation kernels only)
+    n = 37
     w, ref = random_blocks(kind, n, k)
+    np.testing.assert_array_equal(w.row_f32(), ref.astype(np.float32))
+    w.int8_activations = False  # exact dots here; the int8 path against its emulation below
     x = rng.standard_normal((t, k)).astype(np.float32)
     out = np.full((t, n), np.nan, np.float32)
     w.matvec(x, out)
-    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-2 * np.abs(ref).max())
+    np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-5 * np.abs(x).sum(1).max() * np.abs(ref).max())
     out2 = np.full((t, n), np.nan, np.float32)
     w.matmul(x, out2)
-    np.testing.assert_allclose(out2, x @ ref.T, rtol=1e-4, atol=1e-2 * np.abs(ref).max())
+    np.testing.assert_allclose(out2, x @ ref.T, rtol=1e-4, atol=1e-5 * np.abs(x).sum(1).max() * np.abs(ref).max())
     emb = np.empty((2, k), np.float32)
     w.embed(np.array([n - 1, 3]), emb)
-    np.testing.assert_allclose(emb, ref[[n - 1, 3]], rtol=1e-6)
+    np.testing.assert_array_equal(emb, ref[[n - 1, 3]].astype(np.float32))
 
 
 def test_tokenizer_equals_llama_cpp():
@@ -67,7 +72,10 @@ def test_tokenizer_equals_llama_cpp():
 
 @pytest.fixture(scope="module")
 def smol():
-    return edgeqwen.load(smollm2())
+    model = edgeqwen.load(smollm2())
+    # the embedded default model keeps float32 activations unless asked (loader.load)
+    assert not any(w.int8_activations for w in model.matrices())
+    return model
 
 
 def test_smollm2_teacher_forced_agrees_with_llama_cpp(smol):
@@ -97,6 +105,26 @@ def test_smollm2_teacher_forced_agrees_with_llama_cpp(smol):
     for mode in ("decode", "flash_attn"):
         own = np.mean(np.concatenate([modes[f"{mode}_top1_{i}"] == g[f"top1_{i}"] for i in range(5)]))
         assert agree / total >= own, (mode, agree / total, own)
+
+
+def test_smollm2_int8_activations_stay_near_llama_cpp():
+    # int8 activations (the default for GGUF weights, as in llama.cpp) move SmolLM2's logits by the
+    # rounding: measured 0.957 teacher-forced top-1 against llama.cpp's default run, 0.962 against its
+    # one-token (decode) run; every position where we differ is a near-tie on llama.cpp's side
+    model = edgeqwen.load(smollm2(), exact_dots=False)
+    assert all(w.int8_activations for w in model.matrices())
+    g = np.load(GG / "smollm2.npz")
+    modes = np.load(GG / "smollm2_modes.npz")
+    agree = {"default": 0, "decode": 0}
+    total = 0
+    for i in range(5):
+        ours = model.logits(g[f"ids_{i}"]).argmax(-1)
+        agree["default"] += int((ours == g[f"top1_{i}"]).sum())
+        agree["decode"] += int((ours == modes[f"decode_top1_{i}"]).sum())
+        total += len(ours)
+        top8 = g[f"top8_logits_{i}"]
+        assert (top8[:, 0] - top8[:, 1])[ours != g[f"top1_{i}"]].max(initial=0) < 1.0
+    assert min(agree.values()) / total > 0.95, agree
 
 
 def test_smollm2_equals_llama_cpp_on_the_dequantized_weights():
@@ -189,37 +217,25 @@ def test_default_model_answers(tmp_path):
     assert "Paris" in p.stdout
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q4_K"])
 @pytest.mark.parametrize("n,k", [(7, 256), (33, 1024), (3, 2304)])
 def test_int8_activation_block_kernels(kind, n, k):
-    # llama.cpp's decode: activations rounded to Q8_0 (Q8_1 for Q4_1: its block sum is stored as f16)
-    # then integer dots; emulated in NumPy, the kernel must agree to float rounding
-    from edgeqwen.kernel_bench import _GGUF_LAYOUT, make_weight
-
-    rng = np.random.default_rng(n)
-    w = make_weight(kind, n, k, seed=n)
-    size, _, offsets = _GGUF_LAYOUT[kind]
-    raw = w.raw.reshape(n, k // 32, size)
-    for o in offsets:
-        raw[:, :, o:o + 2] = rng.uniform(-0.02, 0.02, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
-    ref = w.row_f32().astype(np.float64)
+    # decode and prefill by default: activations rounded to int8 per block of 32 (d = max|x| / 127,
+    # kept in f32), then integer dots with the rewritten codes; emulated in NumPy, the kernel must
+    # agree to float rounding
+    w, ref = random_blocks(kind, n, k)
     x = rng.standard_normal((6, k)).astype(np.float32)
     xb = x.reshape(6, -1, 32)
     amax = np.abs(xb).max(-1, keepdims=True)
-    d32 = amax / np.float32(127)
     q = np.rint(xb * (np.float32(127) / amax))
-    d = d32.astype(np.float16).astype(np.float32)
-    if kind == "Q4_1":  # w = dw * c + m: the m term meets llama.cpp's f16 block sum d * sum(q)
-        blocks = ref.reshape(n, -1, 32)
-        mins = raw[:, :, 2:4].copy().view(np.float16).astype(np.float64)[..., 0]  # (n, K/32)
-        s = (d32[..., 0] * q.sum(-1)).astype(np.float16).astype(np.float64)  # (6, K/32)
-        want = np.einsum("bgj,ngj->bn", q * d, blocks - mins[..., None]) + s @ mins.T
-    else:
-        want = (q * d).reshape(6, k) @ ref.T
-    w.int8_activations = True  # opt-in for GGUF blocks
+    want = (q * (amax / np.float32(127))).reshape(6, k) @ ref.T
+    assert w.int8_activations
     out = np.full((6, n), np.nan, np.float32)
     w.matvec(x, out)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())
     one = np.empty((1, n), np.float32)
     w.matvec(x[4:5], one)
     np.testing.assert_array_equal(one[0], out[4])
+    pre = np.empty((6, n), np.float32)
+    w.matmul(x, pre)
+    np.testing.assert_array_equal(pre, out)

@@ -1,20 +1,20 @@
-"""llama.cpp block formats (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), run directly on the mapped blocks.
+"""llama.cpp block formats (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) rewritten at load into the MLX affine
+layout (``w = scale * q + bias`` per group, codes packed low bits first), value for value: every
+block format is a code times a per-group scale plus a per-group offset, so the affine kernels
+(kernels.quant: int8-activation integer dots, float tiles for the exact path) run them all.
 
-A row of a quantized matrix is a run of blocks; ``deq_row`` expands one row to float32 (per
-block: an f16 scale, maybe an f16 min, packed codes). Decode dots each row's expansion with B
-activation vectors; prefill expands rows into a tile for the shared 4x4 register-block matmul.
-Layouts follow ggml: Q4_0/Q4_1 byte j holds element j (low nibble) and j+16 (high nibble).
+ggml layouts: Q8_0 is an f16 scale and 32 signed bytes; Q4_0/Q4_1 an f16 scale (Q4_1 also an f16
+min) and 16 bytes, byte j holding element j (low nibble) and j + 16 (high); Q4_K per 256 weights an
+f16 scale and min, 12 bytes of 6-bit (scale, min) pairs for eight groups of 32, and 128 bytes in
+which each run of 32 holds a group in its low nibbles and the next in its high ones; Q6_K per 256
+weights 128 bytes of low nibbles, 64 of 2-bit high parts, sixteen int8 scales (one per 16 weights)
+and an f16 scale, codes offset by 32.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .linear import TILE_ROWS, _dot, tile_matmul
 from .numeric import JIT, to_f32
-from .quant import q8_rows_dot
-from .simd import Q8_MAX_B, byte_dot, nibble_dot
-
-ROWS_PER_TASK = 16
 Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = 8, 2, 3, 12, 14
 
 
@@ -33,159 +33,72 @@ def _scale_min_k4(j, sc, base):
     return (a & 0xF) | ((np.int32(sc[base + j - 4]) >> 6) << 4), (a >> 4) | ((np.int32(sc[base + j]) >> 6) << 4)
 
 
-@njit(**JIT)
-def deq_row(raw, qtype, out):
-    # raw: (row_bytes,) u8 blocks of one row; out: (K,) f32
-    k = out.shape[0]
-    if qtype == Q8_0:
-        for b in range(k // 32):
-            o = b * 34
-            d = _f16(raw, o)
-            for j in range(32):
-                out[b * 32 + j] = d * np.float32(np.int8(raw[o + 2 + j]))
-    elif qtype == Q4_0 or qtype == Q4_1:
-        size = 18 if qtype == Q4_0 else 20
-        for b in range(k // 32):
-            o = b * size
-            d = _f16(raw, o)
-            m = _f16(raw, o + 2) if qtype == Q4_1 else np.float32(-8.0) * d
-            q = o + size - 16
-            for j in range(16):
-                v = np.int32(raw[q + j])
-                out[b * 32 + j] = d * np.float32(v & 15) + m
-                out[b * 32 + j + 16] = d * np.float32(v >> 4) + m
-    elif qtype == Q4_K:
-        for b in range(k // 256):
-            o = b * 144
-            d = _f16(raw, o)
-            dmin = _f16(raw, o + 2)
-            q = o + 16
-            y = b * 256
-            for c in range(4):
-                sc1, m1 = _scale_min_k4(2 * c, raw, o + 4)
-                sc2, m2 = _scale_min_k4(2 * c + 1, raw, o + 4)
-                d1, mm1 = d * np.float32(sc1), dmin * np.float32(m1)
-                d2, mm2 = d * np.float32(sc2), dmin * np.float32(m2)
-                for l in range(32):
-                    v = np.int32(raw[q + l])
-                    out[y + l] = d1 * np.float32(v & 15) - mm1
-                    out[y + l + 32] = d2 * np.float32(v >> 4) - mm2
-                q += 32
-                y += 64
-    elif qtype == Q6_K:
-        for b in range(k // 256):
-            o = b * 210
-            ql = o
-            qh = o + 128
-            sc = o + 192
-            d = _f16(raw, o + 208)
-            y = b * 256
-            for n in range(2):
-                for l in range(32):
-                    i = l // 16
-                    h = np.int32(raw[qh + l])
-                    lo = np.int32(raw[ql + l])
-                    lo2 = np.int32(raw[ql + l + 32])
-                    q1 = ((lo & 0xF) | ((h & 3) << 4)) - 32
-                    q2 = ((lo2 & 0xF) | (((h >> 2) & 3) << 4)) - 32
-                    q3 = ((lo >> 4) | (((h >> 4) & 3) << 4)) - 32
-                    q4 = ((lo2 >> 4) | (((h >> 6) & 3) << 4)) - 32
-                    out[y + l] = d * np.float32(np.int8(raw[sc + i])) * np.float32(q1)
-                    out[y + l + 32] = d * np.float32(np.int8(raw[sc + i + 2])) * np.float32(q2)
-                    out[y + l + 64] = d * np.float32(np.int8(raw[sc + i + 4])) * np.float32(q3)
-                    out[y + l + 96] = d * np.float32(np.int8(raw[sc + i + 6])) * np.float32(q4)
-                y += 128
-                ql += 64
-                qh += 32
-                sc += 8
+@njit(parallel=True, **JIT)
+def to_affine(raw, qtype, wq, scales, biases):
+    # the blocks rewritten exactly in the MLX affine layout, w = s * q + b per group of 32 weights
+    # (16 for Q6_K): raw (N, row_bytes) u8 -> wq (N, K/2) u8 nibbles (element 2j low, 2j + 1 high)
+    # for Q4_0 / Q4_1 / Q4_K, (N, K) u8 for Q8_0 (signed codes + 128) and Q6_K (codes 0..63);
+    # scales, biases (N, K/32) f32, (N, K/16) for Q6_K
+    for r in prange(raw.shape[0]):
+        src = raw[r]
+        dst = wq[r]
+        if qtype == Q8_0:
+            for g in range(scales.shape[1]):
+                o = g * 34
+                d = _f16(src, o)
+                scales[r, g] = d
+                biases[r, g] = np.float32(-128.0) * d
+                for j in range(32):
+                    dst[32 * g + j] = src[o + 2 + j] ^ np.uint8(0x80)
+        elif qtype == Q4_0 or qtype == Q4_1:
+            size = 18 if qtype == Q4_0 else 20
+            for g in range(scales.shape[1]):
+                o = g * size
+                d = _f16(src, o)
+                scales[r, g] = d
+                biases[r, g] = _f16(src, o + 2) if qtype == Q4_1 else np.float32(-8.0) * d
+                _pair_nibbles(src, o + size - 16, dst, 16 * g, 16 * g + 8, 8)
+        elif qtype == Q6_K:
+            for sb in range(scales.shape[1] // 16):
+                o = sb * 210
+                d = _f16(src, o + 208)
+                for s16 in range(16):
+                    f = d * np.float32(np.int8(src[o + 192 + s16]))
+                    scales[r, 16 * sb + s16] = f
+                    biases[r, 16 * sb + s16] = np.float32(-32.0) * f
+                for n in range(2):  # per 128 weights: 64 low-nibble bytes, 32 high-part bytes
+                    ql = o + 64 * n
+                    qh = o + 128 + 32 * n
+                    y = 256 * sb + 128 * n
+                    for l in range(32):
+                        h = np.int32(src[qh + l])
+                        lo = np.int32(src[ql + l])
+                        lo2 = np.int32(src[ql + l + 32])
+                        dst[y + l] = np.uint8((lo & 15) | ((h & 3) << 4))
+                        dst[y + l + 32] = np.uint8((lo2 & 15) | (((h >> 2) & 3) << 4))
+                        dst[y + l + 64] = np.uint8((lo >> 4) | (((h >> 4) & 3) << 4))
+                        dst[y + l + 96] = np.uint8((lo2 >> 4) | (((h >> 6) & 3) << 4))
+        else:  # Q4_K: per 64 weights, 32 bytes hold the first 32 (low nibbles) and the next 32 (high)
+            for sb in range(scales.shape[1] // 8):
+                o = sb * 144
+                d = _f16(src, o)
+                dmin = _f16(src, o + 2)
+                for c in range(4):
+                    for h in range(2):
+                        sc, m = _scale_min_k4(2 * c + h, src, o + 4)
+                        g = 8 * sb + 2 * c + h
+                        scales[r, g] = d * np.float32(sc)
+                        biases[r, g] = -(dmin * np.float32(m))
+                    g = 8 * sb + 2 * c
+                    _pair_nibbles(src, o + 16 + 32 * c, dst, 16 * g, 16 * g + 16, 16)
 
 
 @njit(inline="always", **JIT)
-def _block_scales(raw, size, d, m, is_q4_1):
-    # per-block f16 scale (and Q4_1 min; Q4_0's implicit min is -8 d) of one row -> float32
-    for b in range(d.shape[0]):
-        o = b * size
-        d[b] = _f16(raw, o)
-        m[b] = _f16(raw, o + 2) if is_q4_1 else np.float32(-8.0) * d[b]
-
-
-@njit(inline="always", **JIT)
-def _min_term(m, xsum):
-    acc = np.float32(0.0)
-    for b in range(m.shape[0]):
-        acc += m[b] * xsum[b]
-    return acc
-
-
-@njit(parallel=True, **JIT)
-def blocks_matvec(raw, qtype, x, xsum, out):
-    # raw: (N, row_bytes) u8; x: (B, K) f32; xsum: (B, K/32) f32 block sums of x; out: (B, N) f32
-    n = raw.shape[0]
-    k = x.shape[1]
-    n_blocks = k // 32
-    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for t in prange(n_tasks):
-        row = np.empty(k if qtype == Q4_K or qtype == Q6_K else 0, np.float32)
-        d = np.empty(n_blocks, np.float32)
-        m = np.empty(n_blocks, np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            if qtype == Q4_0 or qtype == Q4_1:
-                size = 18 if qtype == Q4_0 else 20
-                _block_scales(raw[r], size, d, m, qtype == Q4_1)
-                for b in range(x.shape[0]):
-                    # codes after the header; byte j holds element j (low) and j + 16 (high)
-                    out[b, r] = (nibble_dot(raw[r], size, size - 16, x[b], 0, x[b], 16, 32, d, n_blocks, 16)
-                                 + _min_term(m, xsum[b]))
-            elif qtype == Q8_0:
-                for bl in range(n_blocks):
-                    d[bl] = _f16(raw[r], bl * 34)
-                for b in range(x.shape[0]):
-                    out[b, r] = byte_dot(raw[r], 34, 2, x[b], 32, d, n_blocks, 32, "i8")
-            else:
-                deq_row(raw[r], qtype, row)
-                for b in range(x.shape[0]):
-                    out[b, r] = _dot(row, x[b])
-
-
-@njit(parallel=True, **JIT)
-def blocks_matvec_q8(raw, qtype, xq, dx, xs, out):
-    # llama.cpp's own decode: Q4_0 / Q4_1 / Q8_0 rows times int8 activations (quant.quantize_act,
-    # ggml nibble order for Q4, f16-rounded block scales); xq (B, K) i8, dx, xs (B, NB8) f32
-    n = raw.shape[0]
-    nb = xq.shape[1] // 32
-    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for t in prange(n_tasks):
-        d = np.zeros(dx.shape[1], np.float32)  # per block, zero-padded to whole octets
-        m = np.zeros(dx.shape[1], np.float32)
-        res = np.empty(Q8_MAX_B, np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            if qtype == Q8_0:
-                for bl in range(nb):
-                    d[bl] = _f16(raw[r], bl * 34)
-                q8_rows_dot(raw[r], 34, 2, xq, 32, d, m, dx, xs, nb, res, out, r, "i8")
-            else:
-                size = 18 if qtype == Q4_0 else 20
-                _block_scales(raw[r], size, d[:nb], m[:nb], qtype == Q4_1)
-                q8_rows_dot(raw[r], size, size - 16, xq, 32, d, m, dx, xs, nb, res, out, r, "nib_blocks")
-
-
-@njit(parallel=True, **JIT)
-def blocks_matmul(raw, qtype, x, out):
-    # x: (T4, K) f32, T4 % 4 == 0; out: (T4, N) f32
-    n = raw.shape[0]
-    k = x.shape[1]
-    n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
-    for task in prange(n_tasks):
-        r0 = task * TILE_ROWS
-        rows = min(n, r0 + TILE_ROWS) - r0
-        tile = np.empty((TILE_ROWS, k), np.float32)
-        for i in range(rows):
-            deq_row(raw[r0 + i], qtype, tile[i])
-        tile_matmul(tile, rows, x, out, r0)
-
-
-@njit(**JIT)
-def blocks_embed(raw, qtype, ids, out):
-    # rows ``ids`` dequantized: out (T, K) f32
-    for t in range(ids.shape[0]):
-        deq_row(raw[ids[t]], qtype, out[t])
+def _pair_nibbles(src, q, dst, lo_at, hi_at, n):
+    # 2n ggml bytes at src[q:] (element j low, element j + 2n high) -> MLX bytes: dst[lo_at:] the
+    # low nibbles two by two, dst[hi_at:] the high ones
+    for p in range(n):
+        a = np.int32(src[q + 2 * p])
+        b = np.int32(src[q + 2 * p + 1])
+        dst[lo_at + p] = np.uint8((a & 15) | ((b & 15) << 4))
+        dst[hi_at + p] = np.uint8((a >> 4) | ((b >> 4) << 4))

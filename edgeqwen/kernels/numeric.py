@@ -101,8 +101,6 @@ def _from_f32_overload(v, like):
     raise TypingError(f"no float32 store into {like.dtype}")
 
 
-# float32 -> the nearest float16 -> float32 (what llama.cpp keeps of an activation block scale)
-f16_round = _unary(types.float32, types.float32, lambda bld, v: bld.fpext(bld.fptrunc(v, _HALF), _F32))
 _i32_bits_to_f32 = _unary(types.int32, types.float32, lambda bld, v: bld.bitcast(v, _F32))
 
 

@@ -16,9 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
-from .numeric import JIT, e4m3_unscaled, f16_round, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import (AFFINE_MAX_B, MAX_B, Q8_MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, q8_dot,
-                   quant_block)
+from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
+from .simd import AFFINE_MAX_B, MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, quant_block
 
 ROWS_PER_TASK = 16
 E4M3_RESCALE = np.float32(2.0 ** 120)
@@ -47,21 +46,17 @@ def split_even_odd(x, xe, xo, xsum, gs):
     group_sums(x, xsum, gs)
 
 
-ORDER_PLAIN, ORDER_MLX4, ORDER_GGML4 = 0, 1, 2
-HALF_NONE, HALF_Q8_0, HALF_Q8_1 = 0, 1, 2
+ORDER_PLAIN, ORDER_MLX4 = 0, 1
 
 
 @njit(**JIT)
-def quantize_act(x, xq, dx, xs, order, half_scale):
-    # x: (B, K) f32 -> int8 codes per block of 32 (llama.cpp's Q8_0): d = max|x| / 127,
-    # q = round(x * 127 / max|x|); xq: (B, K) i8. dx, xs: (B, NB8) f32 block scale d and d * sum(q),
-    # zero past the K/32 blocks (q8_dot pads to whole octets of blocks).
-    # order: ORDER_PLAIN in order; ORDER_GGML4 per pair of blocks, the partners of the low nibbles
-    # of both blocks then of the high nibbles (simd.q8_dot); ORDER_MLX4 the same per quad of blocks,
-    # a last pair as ORDER_GGML4 (simd.affine_q8_dot). MLX int4 byte j holds elements 2j, 2j+1; a
-    # ggml Q4 byte j holds elements j, j+16. half_scale: HALF_NONE keeps d in
-    # float32; HALF_Q8_0 rounds d through float16 (llama.cpp's Q8_0), HALF_Q8_1 also the stored
-    # sum d * sum(q) (llama.cpp's Q8_1, which Q4_1 dots use).
+def quantize_act(x, xq, dx, xs, order):
+    # x: (B, K) f32 -> int8 codes per block of 32 (llama.cpp's Q8_0 rule, the scale kept in f32):
+    # d = max|x| / 127, q = round(x * 127 / max|x|); xq: (B, K) i8. dx, xs: (B, NB8) f32 block scale d
+    # and d * sum(q), zero past the K/32 blocks (simd.affine_q8_dot reads whole octets of blocks).
+    # order: ORDER_PLAIN in order; ORDER_MLX4 per quad of blocks the partners of the low nibbles of
+    # the four blocks, then of the high nibbles, a last pair the same way (MLX int4 byte j holds
+    # elements 2j, 2j+1)
     nb = x.shape[1] // 32
     quads = nb // 4 * 4 if order == ORDER_MLX4 else 0
     for b in range(x.shape[0]):
@@ -74,42 +69,13 @@ def quantize_act(x, xq, dx, xs, order, half_scale):
             elif order == ORDER_MLX4:  # a last pair
                 base = 64 * (g // 2) + 16 * (g % 2)
                 amax, total = quant_block(xr, 32 * g, qr, base, base + 32, 1)
-            elif order == ORDER_GGML4:
-                base = 64 * (g // 2) + 16 * (g % 2)
-                amax, total = quant_block(xr, 32 * g, qr, base, base + 32, 2)
             else:
                 amax, total = quant_block(xr, 32 * g, qr, 32 * g, 0, 0)
-            d = amax / np.float32(127.0)
-            if half_scale == HALF_Q8_1:
-                dx[b, g] = f16_round(d)
-                xs[b, g] = f16_round(d * total)
-            else:
-                dx[b, g] = f16_round(d) if half_scale == HALF_Q8_0 else d
-                xs[b, g] = dx[b, g] * total
+            dx[b, g] = amax / np.float32(127.0)
+            xs[b, g] = dx[b, g] * total
         for g in range(nb, dx.shape[1]):
             dx[b, g] = 0.0
             xs[b, g] = 0.0
-
-
-@njit(inline="always", **JIT)
-def q8_rows_dot(codes, c_stride, c_off, xq, x_stride, wscale, wmin, dx, xs, nb, res, out, r, kind):
-    # one weight row against every token of xq (B, K) int8, Q8_MAX_B at a time: out[b, r]
-    n_b = out.shape[0]
-    b0 = 0
-    while b0 < n_b:
-        take = min(Q8_MAX_B, n_b - b0)
-        e = b0 + take
-        if take == 4:
-            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 4, kind)
-        elif take == 3:
-            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 3, kind)
-        elif take == 2:
-            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 2, kind)
-        else:
-            q8_dot(codes, c_stride, c_off, xq[b0:e], x_stride, wscale, wmin, dx[b0:e], xs[b0:e], nb, res, 1, kind)
-        for b in range(b0, e):
-            out[b, r] = res[b - b0]
-        b0 = e
 
 
 @njit(inline="always", **JIT)
@@ -139,7 +105,7 @@ def affine_matvec_q8(bits, per, batched=False):
         # wqs[i] (N_i, K*bits/8) u8; scales[i], biases[i] (N_i, G) stored dtype; outs[i] (B, N_i) f32;
         # x (B, K) f32, rounded here (on the calling thread) into the buffers xq (B, K) i8 and dx, xs
         # (B, NB8) f32 (quantize_act)
-        quantize_act(x, xq, dx, xs, order, HALF_NONE)
+        quantize_act(x, xq, dx, xs, order)
         nb = xq.shape[1] // 32
         n_b = xq.shape[0] if batched else 1
         n_mats = len(wqs)

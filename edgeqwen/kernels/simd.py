@@ -73,9 +73,10 @@ def _hsum(builder, vec):
     return _tree(builder, vec, builder.fadd)
 
 
-def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
-    """for g < ng: partials = 0; for each 16-lane chunk: body(...) adds into ``n_acc`` partials
-    (independent chains, so FMA latency overlaps); acc[i] += scale[g] * partial[i]. Returns sum."""
+def _group_loop(builder, ng, chunk_count, body, sp, n_acc, tail=None):
+    """for g < ng: partials = 0; for each chunk: body(...) adds into ``n_acc`` partials (independent
+    chains, so FMA latency overlaps), then tail(builder, g, parts) if given; acc[i] += scale[g] *
+    partial[i]. Returns sum."""
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     parts = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     with cgutils.for_range(builder, ng) as g_loop:
@@ -84,6 +85,8 @@ def _group_loop(builder, ng, chunk_count, body, sp, n_acc):
             builder.store(ir.Constant(_VF, None), part)
         with cgutils.for_range(builder, chunk_count) as c_loop:
             body(builder, g, c_loop.index, parts)
+        if tail is not None:
+            tail(builder, g, parts)
         s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
         for acc, part in zip(accs, parts):
             builder.store(_fma(builder, s, builder.load(part), builder.load(acc)), acc)
@@ -167,7 +170,7 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
     """sum_g scales[g] * sum_j q(codes[g*c_stride + c_off + j]) * x[g*x_stride + j].
 
     ``kind`` (a literal) says what a byte is: "u8", "i8", or "e4m3" (its value / 2**120: the caller
-    folds 2**120 into the scales). group_bytes is a multiple of 32.
+    folds 2**120 into the scales). group_bytes is a multiple of 16 (32 per step, a last 16 alone).
     """
     _check_array(codes, types.uint8, "codes")
     _check_array(x, types.float32, "activations")
@@ -184,15 +187,20 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, g
         sp = _ptr(context, builder, at[5], args[5])
         cs, co, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7))
 
+        def chunk(b, g, step, part):
+            raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
+            _fma_into(b, part, _decode_bytes(b, raw, byte_kind), _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
+
         def body(b, g, c, parts):
             # two 16-byte chunks per step into two accumulators
             for k in range(2):
-                step = b.add(b.mul(c, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, k * LANES))
-                raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
-                _fma_into(b, parts[k], _decode_bytes(b, raw, byte_kind),
-                          _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
+                chunk(b, g, b.add(b.mul(c, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, k * LANES)), parts[k])
 
-        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), body, sp, 2)
+        def tail(b, g, parts):
+            with b.if_then(b.icmp_unsigned("!=", b.urem(gb, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, 0))):
+                chunk(b, g, b.sub(gb, ir.Constant(_I64, LANES)), parts[0])
+
+        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), body, sp, 2, tail)
 
     return sig, codegen
 
@@ -267,11 +275,8 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
 # -- integer dot products on int8-quantized activations (llama.cpp's decode scheme) -------------
 
 _VI8x32 = ir.VectorType(ir.IntType(8), 32)
-_VI8x16 = ir.VectorType(ir.IntType(8), 16)
 _VI32x8 = ir.VectorType(_I32, 8)
 _VF8 = ir.VectorType(_F32, 8)
-Q8_KINDS = ("nib", "nib_blocks", "u8", "i8")
-Q8_MAX_B = 4  # tokens per call of q8_dot (their accumulators stay in registers)
 
 
 def _cpu_features() -> set[str]:
@@ -300,138 +305,6 @@ def _dot4(builder, acc, a, b):
         lanes = builder.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(_I32, 8), list(range(k, 32, 4))))
         acc = builder.add(acc, lanes)
     return acc
-
-
-def _pair_sums(builder, a, b):
-    """(n x i32, n x i32) -> n x i32: sums of adjacent lanes of a, then of b (phaddd's result, in order)."""
-    n = a.type.count
-    ev = ir.Constant(ir.VectorType(_I32, n), list(range(0, 2 * n, 2)))
-    od = ir.Constant(ir.VectorType(_I32, n), list(range(1, 2 * n, 2)))
-    return builder.add(builder.shuffle_vector(a, b, ev), builder.shuffle_vector(a, b, od))
-
-
-def _block_totals(builder, vs):
-    """8 x i32 vectors -> one 8 x i32 vector of block sums (exact): from eight vectors, lane i sums
-    vs[i]; from four (two blocks each), lane 2i sums lanes 0-3 of vs[i] and lane 2i+1 lanes 4-7."""
-    while len(vs) > 1:
-        vs = [_pair_sums(builder, vs[i], vs[i + 1]) for i in range(0, len(vs), 2)]
-    return vs[0]
-
-
-@intrinsic
-def q8_dot(typingctx, codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs, n_blocks, res, n_rows, kind):
-    """Dots of one quantized weight row with ``n_rows`` (a literal 1..4) int8-quantized activation rows.
-
-    Blocks of 32 weights; ``kind`` (a literal) says what the codes are:
-    - "u8" / "i8": block g is 32 bytes at codes[g * c_stride + c_off], times x[b, 32g : 32g + 32].
-    - "nib" (MLX int4, blocks back to back) / "nib_blocks" (ggml Q4, 16 code bytes per block at
-      g * c_stride + c_off): 4-bit codes, taken two blocks at a time. For the pair (g, g+1) the
-      activations x[b, 32g : 32g + 64] are the low nibbles' partners of g then g+1 (16 each), then
-      the high nibbles' partners of g then g+1 (kernels.quant.quantize_act lays them out so).
-    res[b] = sum_g (wscale[g] * dx[b, g] * idot_g + wmin[g] * xs[b, g]), idot_g the exact integer dot.
-    wscale, wmin and the columns of dx, xs are padded with zeros to a multiple of 8 blocks: eight
-    blocks' integer sums are gathered into one vector and scaled with one FMA. The nibble kinds need
-    an even block count. Each token's float arithmetic is the same whatever n_rows is.
-    """
-    _check_array(codes, types.uint8, "codes")
-    for a in (wscale, wmin):
-        _check_array(a, types.float32, "wscale, wmin")
-    _check_array(res, types.float32, "res")
-    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
-        _check_array(a, dt, "activations", 2)
-    _literals(((n_rows, range(1, Q8_MAX_B + 1), "n_rows"),))
-    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in Q8_KINDS:
-        raise TypingError(f"kind must be a literal in {Q8_KINDS}")
-    nb, code_kind = n_rows.literal_value, kind.literal_value
-    sig = types.none(codes, c_stride, c_off, x, x_stride, wscale, wmin, dx, xs, n_blocks, res, n_rows, kind)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        cp = _ptr(context, builder, at[0], args[0])
-        xa = context.make_array(at[3])(context, builder, value=args[3])
-        wp = _ptr(context, builder, at[5], args[5])
-        mp = _ptr(context, builder, at[6], args[6])
-        dxa = context.make_array(at[7])(context, builder, value=args[7])
-        xsa = context.make_array(at[8])(context, builder, value=args[8])
-        rp = _ptr(context, builder, at[10], args[10])
-        cs, co, xstr, ng = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 9))
-        row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-        row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
-        zero_i = ir.Constant(_VI32x8, None)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
-        concat = ir.Constant(ir.VectorType(_I32, 32), list(range(32)))
-        fifteen = ir.Constant(_VI8x32, [15] * 32)
-        four = ir.Constant(_VI8x32, [4] * 32)
-        eight = ir.Constant(_I64, 8)
-
-        def code_vectors(g):
-            # the u8 operand(s) of block g (u8/i8) or of the pair g, g+1 (nibbles), and i8's sign mask
-            base = builder.add(builder.mul(g, cs), co)
-            if code_kind == "nib":
-                raw = _load_vec(builder, cp, builder.add(builder.mul(g, ir.Constant(_I64, 16)), co), _VI8x32, 1)
-            elif code_kind == "nib_blocks":
-                a = _load_vec(builder, cp, base, _VI8x16, 1)
-                b = _load_vec(builder, cp, builder.add(base, cs), _VI8x16, 1)
-                raw = builder.shuffle_vector(a, b, concat)
-            else:
-                w = _load_vec(builder, cp, base, _VI8x32, 1)
-                if code_kind == "u8":
-                    return [w], None
-                neg = builder.icmp_signed("<", w, ir.Constant(_VI8x32, None))  # |w| as u8, sign onto x
-                return [builder.select(neg, builder.neg(w), w)], neg
-            return [builder.and_(raw, fifteen), builder.and_(builder.lshr(raw, four), fifteen)], None
-
-        def unit_sums(g):
-            # per token: one 8 x i32 vector (u8/i8: block g; nibbles: lanes 0-3 g, 4-7 g+1)
-            ws_, neg = code_vectors(g)
-            out = []
-            for b in range(nb):
-                off = builder.add(builder.mul(ir.Constant(_I64, b), row_x), builder.mul(g, ir.Constant(_I64, 32)))
-                acc = zero_i
-                for k, w in enumerate(ws_):
-                    xv = _load_vec(builder, xa.data, builder.add(off, ir.Constant(_I64, 32 * k)), _VI8x32, 1)
-                    if neg is not None:
-                        xv = builder.select(neg, builder.neg(xv), xv)
-                    acc = _dot4(builder, acc, w, xv)
-                out.append(acc)
-            return out
-
-        step = 2 if code_kind.startswith("nib") else 1  # blocks per unit
-
-        def octet(m, checked):
-            g0 = builder.mul(m, eight)
-            per_unit = []
-            for i in range(0, 8, step):
-                g = builder.add(g0, ir.Constant(_I64, i))
-                if not checked:
-                    per_unit.append(unit_sums(g))
-                    continue
-                slots = [cgutils.alloca_once_value(builder, zero_i) for _ in range(nb)]
-                with builder.if_then(builder.icmp_unsigned("<", g, ng)):
-                    for slot, v in zip(slots, unit_sums(g)):
-                        builder.store(v, slot)
-                per_unit.append([builder.load(slot) for slot in slots])
-            c8 = _load_vec(builder, wp, g0, _VF8, 4)
-            m8 = _load_vec(builder, mp, g0, _VF8, 4)
-            for b in range(nb):
-                totals = builder.sitofp(_block_totals(builder, [u[b] for u in per_unit]), _VF8)
-                off = builder.add(builder.mul(ir.Constant(_I64, b), row_d), g0)
-                d8 = _load_vec(builder, dxa.data, off, _VF8, 4)
-                s8 = _load_vec(builder, xsa.data, off, _VF8, 4)
-                acc = builder.load(accs[b])
-                acc = _fma(builder, totals, builder.fmul(c8, d8), acc)
-                builder.store(_fma(builder, m8, s8, acc), accs[b])
-
-        full = builder.udiv(ng, eight)
-        with cgutils.for_range(builder, full) as loop:
-            octet(loop.index, False)
-        with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, eight), ir.Constant(_I64, 0))):
-            octet(full, True)
-        for b in range(nb):
-            builder.store(_hsum(builder, builder.load(accs[b])), builder.gep(rp, [ir.Constant(_I64, b)]))
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 # -- the MLX affine decode kernel: 64-byte units, group scales read in their stored dtype ---------
@@ -495,7 +368,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
 
     Codes are taken 64 bytes at a time: four blocks for 4 bits, two for 8. For 4 bits the activations
     of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
-    the high nibbles (16 each); a last pair of blocks (n_blocks % 4 == 2) as q8_dot's "nib" pair
+    the high nibbles (16 each); a last pair of blocks (n_blocks % 4 == 2) the same way for the pair
     (quant.quantize_act, ORDER_MLX4). n_blocks must be even for 4 bits. dx, xs are zero-padded to
     whole octets. The integer sums are not reduced to block totals: each unit's 16 lanes are
     converted as they are and multiplied by their block's scale x activation scale (one shuffle of
@@ -552,7 +425,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
 
         def half_unit(u):
             # the last 32 code bytes at 64u, widened to a unit's shape (upper lanes zero): one block of
-            # 8 bits, or a pair of 4-bit blocks in q8_dot's "nib" order
+            # 8 bits, or a last pair of 4-bit blocks
             raw = _widen(builder, _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x32, 1), 64)
             if nbits == 8:
                 return [_dot4_64(builder, zero16, raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
@@ -648,11 +521,11 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
 def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
     """Round the 32 activations x[x_off:x_off+32] to int8 codes round(x * 127 / max|x|) (0 when all
     are 0; ties to even, like np.rint) and store them in q by ``layout`` (literal): 0 all 32 in order
-    at lo_off; 1 the even-indexed 16 at lo_off, the odd at hi_off (MLX nibble partners); 2 the first
-    16 at lo_off, the last 16 at hi_off (ggml nibble partners). Returns (max|x|, sum of the codes)."""
+    at lo_off; 1 the even-indexed 16 at lo_off, the odd at hi_off (MLX nibble partners). Returns
+    (max|x|, sum of the codes)."""
     _check_array(x, types.float32, "x")
     _check_array(q, types.int8, "q")
-    _literals(((layout, (0, 1, 2), "layout"),))
+    _literals(((layout, (0, 1), "layout"),))
     mode = layout.literal_value
     sig = types.UniTuple(types.float32, 2)(x, x_off, q, lo_off, hi_off, layout)
 
@@ -675,8 +548,7 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
         if mode == 0:
             builder.store(q8, builder.bitcast(builder.gep(qp, [lo]), q8.type.as_pointer()), align=1)
         else:
-            parts = ((range(0, 32, 2), range(1, 32, 2)) if mode == 1 else (range(16), range(16, 32)))
-            for off, idx in zip((lo, hi), parts):
+            for off, idx in zip((lo, hi), (range(0, 32, 2), range(1, 32, 2))):
                 half = builder.shuffle_vector(q8, q8, ir.Constant(ir.VectorType(_I32, 16), list(idx)))
                 builder.store(half, builder.bitcast(builder.gep(qp, [off]), half.type.as_pointer()), align=1)
         return context.make_tuple(builder, signature.return_type, [amax, builder.sitofp(total, _F32)])
