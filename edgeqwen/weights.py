@@ -109,8 +109,10 @@ class Affine:
         self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
-        # int8 activations come in blocks of 32, and 4-bit codes go two blocks at a time
-        self._q8_kernel = group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)
+        # int8 activations come in blocks of 32, 4-bit codes go two blocks at a time, and 16-weight
+        # groups only as Q6_K's (codes 0..63, bias -32 x scale: simd.affine_q8_dot, per=0)
+        self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)) or (
+            group_size == 16 and bits == 8 and kind == "Q6_K")
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
 
     def _buffers(self, b: int):

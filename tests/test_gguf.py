@@ -217,7 +217,7 @@ def test_default_model_answers(tmp_path):
     assert "Paris" in p.stdout
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("n,k", [(7, 256), (33, 1024), (3, 2304)])
 def test_int8_activation_block_kernels(kind, n, k):
     # decode and prefill by default: activations rounded to int8 per block of 32 (d = max|x| / 127,

@@ -91,7 +91,7 @@ def _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, p
 @lru_cache(maxsize=None)
 def affine_matvec_q8(bits, per, batched=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
-    blocks of 32 per group: kernel(wqs, scales, biases, x, xq, dx, xs, outs), each of wqs, scales,
+    blocks of 32 per group (0: Q6_K's 16-weight groups, simd.affine_q8_dot): kernel(wqs, scales, biases, x, xq, dx, xs, outs), each of wqs, scales,
     biases, outs a tuple of one to three matrices that share the input x (q/k/v, gate/up), run as one
     parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per):
     the group-scale loads and code unpacking are constants of the generated code. ``batched=False``

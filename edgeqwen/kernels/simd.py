@@ -364,7 +364,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
     """Dots of one MLX affine row (``bits`` 4 or 8, literal) with ``n_rows`` (literal 1..8) int8-quantized
     activation rows: res[b] = sum_g (scale_g * dx[b, g] * idot_g + bias_g * xs[b, g]) over blocks g of
     32 weights, scale_g / bias_g the row's group values (stored dtype: uint16 bf16, int16 f16 or f32)
-    for the group of block g, ``per`` (literal 1, 2, 4) blocks per group.
+    for the group of block g, ``per`` (literal 1, 2, 4) blocks per group. ``per`` 0 (8 bits only):
+    groups of 16 weights whose codes are 0..63 with bias -32 x scale (llama.cpp's Q6_K, rewritten by
+    gguf_blocks): each lane takes sum (q - 32) x exactly (a second dot of the activations with 32s),
+    is scaled by its own group's scale x activation scale, and the biases are not read.
 
     Codes are taken 64 bytes at a time: four blocks for 4 bits, two for 8. For 4 bits the activations
     of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
@@ -385,8 +388,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         raise TypingError("scales and biases must share a dtype")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
-    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (1, 2, 4), "per")))
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (0, 1, 2, 4), "per")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
+    if gper == 0 and nbits != 8:
+        raise TypingError("16-weight groups (per=0) are for 8-bit codes")
     sig = types.none(codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per)
 
     def codegen(context, builder, signature, args):
@@ -404,17 +409,23 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         zero16 = ir.Constant(_VI32x16, None)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
         fifteen = ir.Constant(_VI8x64, [15] * 64)
+        thirty_two = ir.Constant(_VI8x64, [32] * 64)
         four = ir.Constant(_VI8x64, [4] * 64)
         c = lambda v: ir.Constant(_I64, v)  # noqa: E731
 
         def xvec(b, off, ty):
             return _load_vec(builder, xa.data, builder.add(builder.mul(c(b), row_x), off), ty, 1)
 
+        def offset_dot(raw, xv):
+            # 16 lanes of sum q x (minus sum 32 x for per=0: the codes' offset, lane by lane)
+            acc = _dot4_64(builder, zero16, raw, xv)
+            return builder.sub(acc, _dot4_64(builder, zero16, thirty_two, xv)) if gper == 0 else acc
+
         def full_unit(u):
             # 64 code bytes at 64u: four blocks (4 bits) or two (8 bits) -> per token 16 x i32
             raw = _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x64, 1)
             if nbits == 8:
-                return [_dot4_64(builder, zero16, raw, xvec(b, builder.mul(u, c(64)), _VI8x64)) for b in range(nb)]
+                return [offset_dot(raw, xvec(b, builder.mul(u, c(64)), _VI8x64)) for b in range(nb)]
             lo = builder.and_(raw, fifteen)
             hi = builder.and_(builder.lshr(raw, four), fifteen)
             out = []
@@ -428,7 +439,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
             # 8 bits, or a last pair of 4-bit blocks
             raw = _widen(builder, _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x32, 1), 64)
             if nbits == 8:
-                return [_dot4_64(builder, zero16, raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
+                return [offset_dot(raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
                         for b in range(nb)]
             lo = builder.and_(raw, fifteen)
             hi = builder.and_(builder.lshr(raw, four), fifteen)
@@ -449,6 +460,19 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         lane_block = [[i * blocks_per_unit + lane * blocks_per_unit // 16 for lane in range(16)]
                       for i in range(units_per_octet)]
         lane_accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
+
+        def half_group_vec(g0, checked):
+            # per=0: the 16 groups of the octet's eight blocks as 16 x f32 (zero past 2 n_blocks)
+            if not checked:
+                return _stored_to_f32(builder, _load_vec(builder, sp, builder.mul(g0, c(2)),
+                                                         ir.VectorType(sp.type.pointee, 16), 1), sdt)
+            v = ir.Constant(_VF, None)
+            for i in range(16):
+                g = builder.add(builder.mul(g0, c(2)), c(i))
+                inside = builder.icmp_unsigned("<", g, builder.mul(ng, c(2)))
+                val = _stored_to_f32(builder, builder.load(builder.gep(sp, [builder.select(inside, g, c(0))])), sdt)
+                v = builder.insert_element(v, builder.select(inside, val, ir.Constant(_F32, 0.0)), ir.Constant(_I32, i))
+            return v
 
         def group_vec(ptr, g0, checked):
             # the eight blocks' group values as 8 x f32 (zero past n_blocks when checked)
@@ -490,6 +514,17 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
                             for slot, v in zip(slots, half_unit(u)):
                                 builder.store(v, slot)
                 per_unit.append([builder.load(slot) for slot in slots])
+            if gper == 0:  # lane l of unit i holds group 4i + l // 4 of the octet, of block 2i + l // 8
+                c16 = half_group_vec(g0, checked)
+                for b in range(nb):
+                    d8 = _load_vec(builder, dxa.data, builder.add(builder.mul(c(b), row_d), g0), _VF8, 4)
+                    cd = builder.fmul(c16, builder.shuffle_vector(d8, d8, ir.Constant(_VI32x16, [i // 2 for i in range(16)])))
+                    acc = builder.load(lane_accs[b])
+                    for i, u in enumerate(per_unit):
+                        lanes = builder.shuffle_vector(cd, cd, ir.Constant(_VI32x16, [4 * i + l // 4 for l in range(16)]))
+                        acc = _fma(builder, builder.sitofp(u[b], _VF), lanes, acc)
+                    builder.store(acc, lane_accs[b])
+                return
             c8 = group_vec(sp, g0, checked)
             m8 = group_vec(bp, g0, checked)
             for b in range(nb):
