@@ -95,25 +95,60 @@ def load_vector(store: TensorStore, name: str, size: int) -> np.ndarray:
 
 
 class Affine:
-    """MLX-layout affine group quantization: ``w = scale * q + bias`` per group of ``group_size``."""
+    """MLX-layout affine group quantization: ``w = scale * q + bias`` per group of ``group_size``.
 
-    def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int,
-                 kind: str = ""):
+    The llama.cpp block formats rewritten into it (``gguf_matrix``) keep their scales as compact as
+    the file: ``offset`` > 0 means every bias is -offset x its scale (Q4_0, Q8_0, Q6_K; no biases
+    stored), and uint8 / int8 scales (and mins) are small integers times the row's per-256-weight
+    ``supers`` (Q4_K, Q6_K). The int8-activation kernel reads them so; the float paths (exact dots,
+    embedding rows) take float32 products made on demand (``_float_params``)."""
+
+    def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray | None, bits: int, group_size: int,
+                 kind: str = "", offset: int = 0, supers: np.ndarray | None = None):
         self.wq = wq  # (N, K * bits / 8) uint8: the uint32 words as little-endian bytes
-        self.scales = scales  # (N, K / group_size) stored dtype
-        self.biases = biases  # (N, K / group_size) stored dtype
+        self.scales = scales  # (N, K / group_size) stored dtype, or u8 / i8 multiples of supers
+        self.biases = biases  # (N, K / group_size) like scales, None when offset > 0
+        self.offset = offset
+        self.supers = supers  # (N, 2 K / 256) f32 (scale factor, bias factor) per 256 weights, or None
         self.bits = bits
         self.group_size = group_size
         self.kind = kind or f"int{bits}-g{group_size}"
         self.shape = (wq.shape[0], wq.shape[1] * 8 // bits)
-        self.nbytes = wq.nbytes + scales.nbytes + biases.nbytes
+        self.nbytes = sum(a.nbytes for a in (wq, scales, biases, supers) if a is not None)
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
         # int8 activations come in blocks of 32, 4-bit codes go two blocks at a time, and 16-weight
-        # groups only as Q6_K's (codes 0..63, bias -32 x scale: simd.affine_q8_dot, per=0)
+        # groups only as Q6_K's (codes 0..63 offset by 32: simd.affine_q8_dot, per=0)
         self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)) or (
-            group_size == 16 and bits == 8 and kind == "Q6_K")
+            group_size == 16 and bits == 8 and offset == 32)
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
+        self._float = None  # (scales, biases) for the float kernels, made on first use
+
+    def _compact(self) -> bool:
+        return self.offset > 0 or self.supers is not None
+
+    def _float_params(self, rows=None):
+        """(scales, biases) of ``rows`` (default all, cached) in a form the float kernels take: as
+        stored for the MLX layout, else float32 products (exact: f16 x small integer x power of 2)."""
+        if not self._compact():
+            return (self.scales, self.biases) if rows is None else (self.scales[rows], self.biases[rows])
+        if rows is None and self._float is not None:
+            return self._float
+        sc = self.scales if rows is None else self.scales[rows]
+        if self.supers is not None:
+            su = self.supers if rows is None else self.supers[rows]
+            per_super = 256 // self.group_size
+            s = sc.astype(np.float32) * np.repeat(su[:, 0::2], per_super, axis=1)
+        else:
+            s = to_float32(sc, {np.dtype(np.int16): "F16", np.dtype(np.float32): "F32"}[sc.dtype])
+        if self.offset:
+            b = np.float32(-self.offset) * s
+        else:
+            bi = self.biases if rows is None else self.biases[rows]
+            b = -(bi.astype(np.float32) * np.repeat(su[:, 1::2], per_super, axis=1))
+        if rows is None:
+            self._float = (s, b)
+        return s, b
 
     def _buffers(self, b: int):
         bufs = self._prep.get(b)
@@ -129,7 +164,13 @@ class Affine:
         """What decides the int8-activation kernel and its activation layout (None: float path)."""
         if not (self.int8_activations and self._q8_kernel):
             return None
-        return self.bits, self.group_size, self.shape[1], self.scales.dtype
+        return (self.bits, self.group_size, self.shape[1], self.scales.dtype, self.offset, self.supers is None,
+                None if self.biases is None else self.biases.dtype)
+
+    def _q8_args(self):
+        """(wq, scales, biases, supers) as the int8-activation kernel takes them (unread ones stand in)."""
+        supers = self.supers if self.supers is not None else np.empty((self.shape[0], 0), np.float32)
+        return self.wq, self.scales, self.scales if self.biases is None else self.biases, supers
 
     def _own_group(self) -> MatvecGroup:
         if self._group is None:
@@ -140,30 +181,36 @@ class Affine:
         if self._q8_key() is not None:
             self._own_group()(x, (out,))
             return
+        scales, biases = self._float_params()
         xe, xo, xsum = self._buffers(x.shape[0])
         if self.bits == 4:
             quant.split_even_odd(x, xe, xo, xsum, self.group_size)
-            quant.affine4_matvec(self.wq, self.scales, self.biases, xe, xo, xsum, out)
+            quant.affine4_matvec(self.wq, scales, biases, xe, xo, xsum, out)
         else:
             quant.group_sums(x, xsum, self.group_size)
-            quant.affine8_matvec(self.wq, self.scales, self.biases, x, xsum, out)
+            quant.affine8_matvec(self.wq, scales, biases, x, xsum, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         if self._q8_key() is not None:
             self._own_group().matmul(x, (out,))
             return
+        scales, biases = self._float_params()
         kernel = quant.affine4_matmul if self.bits == 4 else quant.affine8_matmul
-        padded_matmul(lambda xp, op: kernel(self.wq, self.scales, self.biases, xp, op), x, out)
+        padded_matmul(lambda xp, op: kernel(self.wq, scales, biases, xp, op), x, out)
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
-        quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
+        if not self._compact():
+            quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
+            return
+        scales, biases = self._float_params(ids)  # only the rows asked for
+        quant.affine_embed(self.wq[ids], scales, biases, self.bits, np.arange(len(ids)), out)
 
     def row_f32(self) -> np.ndarray:
         """The dequantized matrix (tests and tools only)."""
         n, k = self.shape
         tile = np.empty((n, k), np.float32)
         rows = quant.affine4_rows if self.bits == 4 else quant.affine8_rows
-        rows(self.wq, self.scales, self.biases, 0, n, tile)
+        rows(self.wq, *self._float_params(), 0, n, tile)
         return tile
 
 
@@ -180,9 +227,9 @@ class MatvecGroup:
         self.fused = key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:])
         if self.fused:
             w0 = ws[0]
-            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32),
-                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, True))
-            self._args = (tuple(w.wq for w in ws), tuple(w.scales for w in ws), tuple(w.biases for w in ws))
+            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset),
+                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True))
+            self._args = tuple(zip(*(w._q8_args() for w in ws)))  # (wqs, scales, biases, supers)
             self._bufs: dict = {}
             self._k = w0.shape[1]
 
@@ -355,19 +402,33 @@ def _f16_if_exact(a: np.ndarray) -> np.ndarray:
 
 def gguf_matrix(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Affine:
     """A llama.cpp block-quantized matrix (raw: (N, row_bytes) u8, as mapped) rewritten exactly in the
-    MLX affine layout (kernels.gguf_blocks): one scale and bias per 32 weights (16 for Q6_K), f16
-    where every value is exact in it (Q8_0, Q4_0, Q4_1), else f32 (Q4_K's and Q6_K's scale products).
-    Q8_0 / Q4_0 / Q4_1 / Q4_K then run on the int8-activation kernels like MLX int4/int8 (llama.cpp
-    rounds activations for them too); Q6_K's 16-weight groups take the float32-activation kernels.
-    Costs one parallel pass at load and a copy in memory (Q4_K 1.33x its file bytes, Q6_K 1.5x)."""
+    MLX affine layout (kernels.gguf_blocks), its scales as compact as in the file: Q8_0 / Q4_0 / Q4_1
+    one f16 scale per 32 weights (Q4_1 an f16 bias too; Q4_0's and Q8_0's biases are fixed multiples
+    of the scale), Q4_K 6-bit scales and mins per 32 with f32 factors per 256, Q6_K int8 scales per
+    16 with a factor per 256. All run on the int8-activation kernels, as llama.cpp runs them on its
+    rounded activations. Costs one parallel pass at load and a copy in memory (Q6_K's codes take a
+    byte each: 1.3x its file bytes; the others 1.0-1.03x)."""
     n, k = shape
-    bits = 4 if kind in ("Q4_0", "Q4_1", "Q4_K") else 8
-    group = 16 if kind == "Q6_K" else 32
-    wq = np.empty((n, k * bits // 8), np.uint8)
-    scales = np.empty((n, k // group), np.float32)
-    biases = np.empty((n, k // group), np.float32)
-    gguf_blocks.to_affine(raw, GGUF_BLOCK_IDS[kind], wq, scales, biases)
-    return Affine(wq, _f16_if_exact(scales), _f16_if_exact(biases), bits, group, kind=kind)
+    if kind in ("Q8_0", "Q4_0", "Q4_1"):
+        bits = 8 if kind == "Q8_0" else 4
+        wq = np.empty((n, k * bits // 8), np.uint8)
+        scales = np.empty((n, k // 32), np.float32)
+        biases = np.empty((n, k // 32) if kind == "Q4_1" else (n, 0), np.float32)
+        gguf_blocks.to_affine(raw, GGUF_BLOCK_IDS[kind], wq, scales, biases)
+        if kind == "Q4_1":
+            return Affine(wq, _f16_if_exact(scales), _f16_if_exact(biases), 4, 32, kind=kind)
+        return Affine(wq, _f16_if_exact(scales), None, bits, 32, kind=kind, offset=128 if bits == 8 else 8)
+    supers = np.empty((n, 2 * k // 256), np.float32)
+    if kind == "Q4_K":
+        wq = np.empty((n, k // 2), np.uint8)
+        scales = np.empty((n, k // 32), np.uint8)
+        mins = np.empty((n, k // 32), np.uint8)
+        gguf_blocks.q4_k_to_affine(raw, wq, scales, mins, supers)
+        return Affine(wq, scales, mins, 4, 32, kind=kind, supers=supers)
+    wq = np.empty((n, k), np.uint8)
+    scales = np.empty((n, k // 16), np.int8)
+    gguf_blocks.q6_k_to_affine(raw, wq, scales, supers)
+    return Affine(wq, scales, None, 8, 16, kind=kind, offset=32, supers=supers)
 
 
 def load_gguf_tensor(gf, name: str, shape: tuple[int, ...]):

@@ -35,62 +35,76 @@ def _scale_min_k4(j, sc, base):
 
 @njit(parallel=True, **JIT)
 def to_affine(raw, qtype, wq, scales, biases):
-    # the blocks rewritten exactly in the MLX affine layout, w = s * q + b per group of 32 weights
-    # (16 for Q6_K): raw (N, row_bytes) u8 -> wq (N, K/2) u8 nibbles (element 2j low, 2j + 1 high)
-    # for Q4_0 / Q4_1 / Q4_K, (N, K) u8 for Q8_0 (signed codes + 128) and Q6_K (codes 0..63);
-    # scales, biases (N, K/32) f32, (N, K/16) for Q6_K
+    # Q8_0 / Q4_0 / Q4_1 in the MLX layout, w = scale * q + bias per block of 32: raw (N, row_bytes)
+    # u8 -> wq (N, K/2) u8 nibbles (element 2j low, 2j + 1 high), (N, K) u8 for Q8_0 (signed codes
+    # + 128, bias -128 scale); scales (N, K/32) f32 the blocks' f16 scales; biases (N, K/32) f32
+    # Q4_1's mins (Q4_0's bias is -8 scale, Q8_0's -128 scale: not stored, biases may be (N, 0))
     for r in prange(raw.shape[0]):
         src = raw[r]
         dst = wq[r]
         if qtype == Q8_0:
             for g in range(scales.shape[1]):
                 o = g * 34
-                d = _f16(src, o)
-                scales[r, g] = d
-                biases[r, g] = np.float32(-128.0) * d
+                scales[r, g] = _f16(src, o)
                 for j in range(32):
                     dst[32 * g + j] = src[o + 2 + j] ^ np.uint8(0x80)
-        elif qtype == Q4_0 or qtype == Q4_1:
+        else:
             size = 18 if qtype == Q4_0 else 20
             for g in range(scales.shape[1]):
                 o = g * size
-                d = _f16(src, o)
-                scales[r, g] = d
-                biases[r, g] = _f16(src, o + 2) if qtype == Q4_1 else np.float32(-8.0) * d
+                scales[r, g] = _f16(src, o)
+                if qtype == Q4_1:
+                    biases[r, g] = _f16(src, o + 2)
                 _pair_nibbles(src, o + size - 16, dst, 16 * g, 16 * g + 8, 8)
-        elif qtype == Q6_K:
-            for sb in range(scales.shape[1] // 16):
-                o = sb * 210
-                d = _f16(src, o + 208)
-                for s16 in range(16):
-                    f = d * np.float32(np.int8(src[o + 192 + s16]))
-                    scales[r, 16 * sb + s16] = f
-                    biases[r, 16 * sb + s16] = np.float32(-32.0) * f
-                for n in range(2):  # per 128 weights: 64 low-nibble bytes, 32 high-part bytes
-                    ql = o + 64 * n
-                    qh = o + 128 + 32 * n
-                    y = 256 * sb + 128 * n
-                    for l in range(32):
-                        h = np.int32(src[qh + l])
-                        lo = np.int32(src[ql + l])
-                        lo2 = np.int32(src[ql + l + 32])
-                        dst[y + l] = np.uint8((lo & 15) | ((h & 3) << 4))
-                        dst[y + l + 32] = np.uint8((lo2 & 15) | (((h >> 2) & 3) << 4))
-                        dst[y + l + 64] = np.uint8((lo >> 4) | (((h >> 4) & 3) << 4))
-                        dst[y + l + 96] = np.uint8((lo2 >> 4) | (((h >> 6) & 3) << 4))
-        else:  # Q4_K: per 64 weights, 32 bytes hold the first 32 (low nibbles) and the next 32 (high)
-            for sb in range(scales.shape[1] // 8):
-                o = sb * 144
-                d = _f16(src, o)
-                dmin = _f16(src, o + 2)
-                for c in range(4):
-                    for h in range(2):
-                        sc, m = _scale_min_k4(2 * c + h, src, o + 4)
-                        g = 8 * sb + 2 * c + h
-                        scales[r, g] = d * np.float32(sc)
-                        biases[r, g] = -(dmin * np.float32(m))
-                    g = 8 * sb + 2 * c
-                    _pair_nibbles(src, o + 16 + 32 * c, dst, 16 * g, 16 * g + 16, 16)
+
+
+@njit(parallel=True, **JIT)
+def q4_k_to_affine(raw, wq, scales, mins, supers):
+    # Q4_K: raw (N, K/256*144) u8 -> wq (N, K/2) u8 nibbles as to_affine; per group of 32 the 6-bit
+    # scale and min, scales, mins (N, K/32) u8; per 256 weights supers (N, K/128) f32 (d, dmin):
+    # w = d * scale * q - dmin * min. Per 64 weights ggml keeps 32 bytes: the first group in their
+    # low nibbles, the next in their high ones.
+    for r in prange(raw.shape[0]):
+        src = raw[r]
+        dst = wq[r]
+        for sb in range(supers.shape[1] // 2):
+            o = sb * 144
+            supers[r, 2 * sb] = _f16(src, o)
+            supers[r, 2 * sb + 1] = _f16(src, o + 2)
+            for j in range(8):
+                sc, m = _scale_min_k4(j, src, o + 4)
+                scales[r, 8 * sb + j] = np.uint8(sc)
+                mins[r, 8 * sb + j] = np.uint8(m)
+            for c in range(4):
+                g = 8 * sb + 2 * c
+                _pair_nibbles(src, o + 16 + 32 * c, dst, 16 * g, 16 * g + 16, 16)
+
+
+@njit(parallel=True, **JIT)
+def q6_k_to_affine(raw, wq, scales, supers):
+    # Q6_K: raw (N, K/256*210) u8 -> wq (N, K) u8 codes 0..63; scales (N, K/16) i8 per 16 weights;
+    # supers (N, K/128) f32 (d, 0) per 256: w = d * scale * (q - 32)
+    for r in prange(raw.shape[0]):
+        src = raw[r]
+        dst = wq[r]
+        for sb in range(supers.shape[1] // 2):
+            o = sb * 210
+            supers[r, 2 * sb] = _f16(src, o + 208)
+            supers[r, 2 * sb + 1] = 0.0
+            for j in range(16):
+                scales[r, 16 * sb + j] = np.int8(src[o + 192 + j])
+            for n in range(2):  # per 128 weights: 64 low-nibble bytes, 32 bytes of 2-bit high parts
+                ql = o + 64 * n
+                qh = o + 128 + 32 * n
+                y = 256 * sb + 128 * n
+                for l in range(32):
+                    h = np.int32(src[qh + l])
+                    lo = np.int32(src[ql + l])
+                    lo2 = np.int32(src[ql + l + 32])
+                    dst[y + l] = np.uint8((lo & 15) | ((h & 3) << 4))
+                    dst[y + l + 32] = np.uint8((lo2 & 15) | (((h >> 2) & 3) << 4))
+                    dst[y + l + 64] = np.uint8((lo >> 4) | (((h >> 4) & 3) << 4))
+                    dst[y + l + 96] = np.uint8((lo2 >> 4) | (((h >> 6) & 3) << 4))
 
 
 @njit(inline="always", **JIT)

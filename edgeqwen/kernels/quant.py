@@ -79,21 +79,22 @@ def quantize_act(x, xq, dx, xs, order):
 
 
 @njit(inline="always", **JIT)
-def _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per):
-    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per literals): out[b, r]
+def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset):
+    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r]
     e = b0 + take
     for r in range(r0, r1):
-        affine_q8_dot(wq[r], sc[r], bi[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, res, take, bits, per)
+        affine_q8_dot(wq[r], sc[r], bi[r], su[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, res, take, bits, per, offset)
         for b in range(b0, e):
             out[b, r] = res[b - b0]
 
 
 @lru_cache(maxsize=None)
-def affine_matvec_q8(bits, per, batched=False):
+def affine_matvec_q8(bits, per, offset=0, batched=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
-    blocks of 32 per group (0: Q6_K's 16-weight groups, simd.affine_q8_dot): kernel(wqs, scales, biases, x, xq, dx, xs, outs), each of wqs, scales,
-    biases, outs a tuple of one to three matrices that share the input x (q/k/v, gate/up), run as one
-    parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per):
+    blocks of 32 per group (0: Q6_K's 16-weight groups) and codes ``offset`` (simd.affine_q8_dot):
+    kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs), each of wqs, scales, biases, supers,
+    outs a tuple of one to three matrices that share the input x (q/k/v, gate/up), run as one
+    parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per, offset):
     the group-scale loads and code unpacking are constants of the generated code. ``batched=False``
     is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
     a separate compile, made only when several sequences decode together."""
@@ -101,8 +102,9 @@ def affine_matvec_q8(bits, per, batched=False):
     order = ORDER_MLX4 if bits == 4 else ORDER_PLAIN
 
     @njit(parallel=True, **JIT)
-    def kernel(wqs, scales, biases, x, xq, dx, xs, outs):
-        # wqs[i] (N_i, K*bits/8) u8; scales[i], biases[i] (N_i, G) stored dtype; outs[i] (B, N_i) f32;
+    def kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs):
+        # wqs[i] (N_i, K*bits/8) u8; scales[i], biases[i] (N_i, G) stored dtype; supers[i] (N_i, K/128) f32
+        # or (N_i, 0) (simd.affine_q8_dot); outs[i] (B, N_i) f32;
         # x (B, K) f32, rounded here (on the calling thread) into the buffers xq (B, K) i8 and dx, xs
         # (B, NB8) f32 (quantize_act)
         quantize_act(x, xq, dx, xs, order)
@@ -116,27 +118,27 @@ def affine_matvec_q8(bits, per, batched=False):
             i = 0
             while t >= first[i + 1]:
                 i += 1
-            wq, sc, bi, out = wqs[i], scales[i], biases[i], outs[i]
+            wq, sc, bi, su, out = wqs[i], scales[i], biases[i], supers[i], outs[i]
             res = np.empty(AFFINE_MAX_B, np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel
-                _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per)
+                _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
                 if left >= 8:
-                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per)
+                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset)
                     b0 += 8
                 elif left >= 4:
-                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per)
+                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset)
                     b0 += 4
                 elif left >= 2:
-                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per)
+                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset)
                     b0 += 2
                 else:
-                    _affine_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per)
+                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset)
                     b0 += 1
 
     return kernel

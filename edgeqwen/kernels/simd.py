@@ -346,12 +346,15 @@ def _widen(builder, vec, width):
 
 
 def _stored_to_f32(builder, v, dtype):
-    """Vector (or scalar) of stored scale elements -> float32 (numeric.to_f32's dtype map)."""
+    """Vector (or scalar) of stored scale elements -> float32 (numeric.to_f32's dtype map; uint8 and
+    int8 are small integers, as gguf_blocks keeps the K-quants' sub-block scales)."""
     if dtype == types.float32:
         return v
     vec = isinstance(v.type, ir.VectorType)
     i32 = ir.VectorType(_I32, v.type.count) if vec else _I32
     f32 = ir.VectorType(_F32, v.type.count) if vec else _F32
+    if dtype in (types.uint8, types.int8):
+        return builder.uitofp(v, f32) if dtype == types.uint8 else builder.sitofp(v, f32)
     if dtype == types.uint16:  # bfloat16
         sixteen = ir.Constant(i32, [16] * v.type.count) if vec else ir.Constant(_I32, 16)
         return builder.bitcast(builder.shl(builder.zext(v, i32), sixteen), f32)
@@ -360,14 +363,20 @@ def _stored_to_f32(builder, v, dtype):
 
 
 @intrinsic
-def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per):
+def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks, res, n_rows, bits, per, offset):
     """Dots of one MLX affine row (``bits`` 4 or 8, literal) with ``n_rows`` (literal 1..8) int8-quantized
     activation rows: res[b] = sum_g (scale_g * dx[b, g] * idot_g + bias_g * xs[b, g]) over blocks g of
     32 weights, scale_g / bias_g the row's group values (stored dtype: uint16 bf16, int16 f16 or f32)
-    for the group of block g, ``per`` (literal 1, 2, 4) blocks per group. ``per`` 0 (8 bits only):
-    groups of 16 weights whose codes are 0..63 with bias -32 x scale (llama.cpp's Q6_K, rewritten by
-    gguf_blocks): each lane takes sum (q - 32) x exactly (a second dot of the activations with 32s),
-    is scaled by its own group's scale x activation scale, and the biases are not read.
+    for the group of block g, ``per`` (literal 1, 2, 4) blocks per group.
+
+    The llama.cpp block formats (rewritten by gguf_blocks) take three variations. ``offset``
+    (literal): when not 0 the bias of every group is -offset x its scale and the biases are not read
+    (Q4_0: 8, Q8_0: 128). Scales (and biases) of dtype uint8 / int8 are small integers multiplying the
+    row's ``supers`` (f32, per 256 weights — one octet of blocks — a scale then a bias factor):
+    scale = supers[2m] * scales[g], bias = -supers[2m + 1] * biases[g] (Q4_K); ``supers`` is not
+    read otherwise. ``per`` 0 (8 bits, offset 32): groups of 16 weights with codes 0..63 (Q6_K): each
+    lane takes sum (q - 32) x exactly (a second dot of the activations with 32s) and is scaled by its
+    own group's scale x activation scale.
 
     Codes are taken 64 bytes at a time: four blocks for 4 bits, two for 8. For 4 bits the activations
     of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
@@ -380,36 +389,40 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
     """
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
+    _check_array(supers, types.float32, "supers")
+    plain, small = (types.uint16, types.int16, types.float32), (types.uint8, types.int8)
     for a in (scales, biases):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                and a.dtype in (types.uint16, types.int16, types.float32)):
-            raise TypingError(f"scales, biases must be C-contiguous 1-D uint16/int16/float32 arrays, got {a}")
-    if scales.dtype != biases.dtype:
-        raise TypingError("scales and biases must share a dtype")
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in plain + small):
+            raise TypingError(f"scales, biases must be C-contiguous 1-D arrays of {plain + small}, got {a}")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
-    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (0, 1, 2, 4), "per")))
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (0, 1, 2, 4), "per"),
+               (offset, (0, 8, 32, 128), "offset")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
-    if gper == 0 and nbits != 8:
-        raise TypingError("16-weight groups (per=0) are for 8-bit codes")
-    sig = types.none(codes, scales, biases, x, dx, xs, n_blocks, res, n_rows, bits, per)
+    code_offset, bdt, by_super = offset.literal_value, biases.dtype, scales.dtype in small
+    if code_offset == 0 and (bdt in small) != by_super or not by_super and code_offset == 0 and bdt != sdt:
+        raise TypingError("biases must share the scales' dtype (small integers both, or the same float kind)")
+    if gper == 0 and (nbits != 8 or code_offset != 32):
+        raise TypingError("16-weight groups (per=0) are for 8-bit codes offset by 32")
+    sig = types.none(codes, scales, biases, supers, x, dx, xs, n_blocks, res, n_rows, bits, per, offset)
 
     def codegen(context, builder, signature, args):
         at = signature.args
         cp = _ptr(context, builder, at[0], args[0])
         sp = _ptr(context, builder, at[1], args[1])
         bp = _ptr(context, builder, at[2], args[2])
-        xa = context.make_array(at[3])(context, builder, value=args[3])
-        dxa = context.make_array(at[4])(context, builder, value=args[4])
-        xsa = context.make_array(at[5])(context, builder, value=args[5])
-        rp = _ptr(context, builder, at[7], args[7])
-        ng = _i64(context, builder, args[6], at[6])
+        up = _ptr(context, builder, at[3], args[3])
+        xa = context.make_array(at[4])(context, builder, value=args[4])
+        dxa = context.make_array(at[5])(context, builder, value=args[5])
+        xsa = context.make_array(at[6])(context, builder, value=args[6])
+        rp = _ptr(context, builder, at[8], args[8])
+        ng = _i64(context, builder, args[7], at[7])
         row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
         zero16 = ir.Constant(_VI32x16, None)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
         fifteen = ir.Constant(_VI8x64, [15] * 64)
-        thirty_two = ir.Constant(_VI8x64, [32] * 64)
+        offsets = ir.Constant(_VI8x64, [code_offset] * 64)
         four = ir.Constant(_VI8x64, [4] * 64)
         c = lambda v: ir.Constant(_I64, v)  # noqa: E731
 
@@ -419,7 +432,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
         def offset_dot(raw, xv):
             # 16 lanes of sum q x (minus sum 32 x for per=0: the codes' offset, lane by lane)
             acc = _dot4_64(builder, zero16, raw, xv)
-            return builder.sub(acc, _dot4_64(builder, zero16, thirty_two, xv)) if gper == 0 else acc
+            return builder.sub(acc, _dot4_64(builder, zero16, offsets, xv)) if gper == 0 else acc
 
         def full_unit(u):
             # 64 code bytes at 64u: four blocks (4 bits) or two (8 bits) -> per token 16 x i32
@@ -461,25 +474,30 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
                       for i in range(units_per_octet)]
         lane_accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
 
+        def super_factor(g0, k):
+            # the octet's super-block factor k (0: scale, 1: bias) when scales are small integers
+            return builder.load(builder.gep(up, [builder.add(builder.udiv(g0, c(4)), c(k))]))
+
         def half_group_vec(g0, checked):
             # per=0: the 16 groups of the octet's eight blocks as 16 x f32 (zero past 2 n_blocks)
             if not checked:
-                return _stored_to_f32(builder, _load_vec(builder, sp, builder.mul(g0, c(2)),
-                                                         ir.VectorType(sp.type.pointee, 16), 1), sdt)
+                v = _stored_to_f32(builder, _load_vec(builder, sp, builder.mul(g0, c(2)),
+                                                      ir.VectorType(sp.type.pointee, 16), 1), sdt)
+                return builder.fmul(v, _splat(builder, super_factor(g0, 0), _VF)) if by_super else v
             v = ir.Constant(_VF, None)
             for i in range(16):
                 g = builder.add(builder.mul(g0, c(2)), c(i))
                 inside = builder.icmp_unsigned("<", g, builder.mul(ng, c(2)))
                 val = _stored_to_f32(builder, builder.load(builder.gep(sp, [builder.select(inside, g, c(0))])), sdt)
                 v = builder.insert_element(v, builder.select(inside, val, ir.Constant(_F32, 0.0)), ir.Constant(_I32, i))
-            return v
+            return builder.fmul(v, _splat(builder, super_factor(g0, 0), _VF)) if by_super else v
 
-        def group_vec(ptr, g0, checked):
-            # the eight blocks' group values as 8 x f32 (zero past n_blocks when checked)
+        def stored_vec(ptr, g0, checked, dtype):
+            # the eight blocks' stored group values as 8 x f32 (zero past n_blocks when checked)
             if not checked:
                 n_g = 8 // gper
                 v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.udiv(g0, c(gper)),
-                                                      ir.VectorType(ptr.type.pointee, n_g), 1), sdt)
+                                                      ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
                 if gper == 1:
                     return v
                 return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [i // gper for i in range(8)]))
@@ -488,9 +506,21 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
                 g = builder.add(g0, c(i))
                 inside = builder.icmp_unsigned("<", g, ng)
                 idx = builder.select(inside, builder.udiv(g, c(gper)), c(0))
-                val = _stored_to_f32(builder, builder.load(builder.gep(ptr, [idx])), sdt)
+                val = _stored_to_f32(builder, builder.load(builder.gep(ptr, [idx])), dtype)
                 v = builder.insert_element(v, builder.select(inside, val, ir.Constant(_F32, 0.0)), ir.Constant(_I32, i))
             return v
+
+        def group_vecs(g0, checked):
+            # (scales, biases) of the octet's eight blocks as 8 x f32
+            c8 = stored_vec(sp, g0, checked, sdt)
+            if by_super:
+                c8 = builder.fmul(c8, _splat(builder, super_factor(g0, 0), _VF8))
+            if code_offset:
+                return c8, builder.fmul(c8, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF8))
+            m8 = stored_vec(bp, g0, checked, bdt)
+            if by_super:
+                m8 = builder.fmul(m8, _splat(builder, builder.fneg(super_factor(g0, 1)), _VF8))
+            return c8, m8
 
         def octet(m, checked):
             g0 = builder.mul(m, c(8))
@@ -525,8 +555,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, x, dx, xs, n_blocks, res, n_
                         acc = _fma(builder, builder.sitofp(u[b], _VF), lanes, acc)
                     builder.store(acc, lane_accs[b])
                 return
-            c8 = group_vec(sp, g0, checked)
-            m8 = group_vec(bp, g0, checked)
+            c8, m8 = group_vecs(g0, checked)
             for b in range(nb):
                 off = builder.add(builder.mul(c(b), row_d), g0)
                 cd8 = builder.fmul(c8, _load_vec(builder, dxa.data, off, _VF8, 4))  # scale x activation scale
