@@ -45,7 +45,13 @@ def _load(model_path: str | None, threads: int | None = None):
     _set_threads(threads)
     model_path = _model_path(model_path)
     t0 = time.perf_counter()
-    model = load(model_path)
+    progress = None
+    if sys.stderr.isatty() and model_path.endswith(".gguf"):
+        def progress(done, total):
+            click.echo(_dim(f"\rreading {Path(model_path).name}: {100 * done // total}%"), nl=False, err=True)
+    model = load(model_path, progress=progress)
+    if progress:
+        click.echo("\r\033[K", nl=False, err=True)
     _status(f"loaded {model_path} ({model.format_name}, {model.weight_bytes() / 2**20:.0f} MiB per token) "
             f"in {time.perf_counter() - t0:.2f}s")
     return model

@@ -97,22 +97,24 @@ def _is_default_model(path: Path) -> bool:
 
 
 def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = None,
-         kv_cache: str | None = None) -> Qwen3Model:
+         kv_cache: str | None = None, progress=None) -> Qwen3Model:
     """Load a Qwen3 Hugging Face directory (single-file or sharded safetensors) or a GGUF file, memory-mapped.
 
     The tokenizer comes from the directory's tokenizer.json; without one, ``model.tokenizer`` is
     None and the model takes token ids only. ``exact_dots`` (default: the EDGEQWEN_EXACT_DOTS
     environment variable, else on for the embedded default model only) keeps activations in float32
     for quantized weights, see Qwen3Model.set_exact_dots: at 135M parameters SmolLM2's greedy answers
-    turn on the int8 rounding (llama.cpp's, which rounds them too, answers the README's question
-    in French prose), and the model is small enough that speed is not what it is for. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto") is the storage
-    of the model's KV caches: "f32", "f16" (half the memory and of attention's reads; llama.cpp's
-    default), or "auto": f16 for quantized weights, f32 for float ones (their reference numbers).
+    turn on the int8 rounding (llama.cpp, which rounds them too, answers the README's question in
+    French prose), and it is fast either way. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto")
+    is the storage of the model's KV caches: "f32", "f16" (half the memory and of attention's reads;
+    llama.cpp's default), or "auto": f16 for quantized weights, f32 for float ones (their reference
+    numbers). ``progress(done, total)``, if given, is called as a GGUF file's tensors are read and
+    their blocks rewritten (bytes).
     """
     kv_cache = kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "auto"
     if kv_cache != "auto":
         check_kv_dtype(kv_cache)
-    model = _load(Path(path), tokenizer)
+    model = _load(Path(path), tokenizer, progress)
     if exact_dots is None:
         env = os.environ.get("EDGEQWEN_EXACT_DOTS", "")
         exact_dots = env not in ("", "0") if env else _is_default_model(Path(path))
@@ -124,12 +126,12 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
     return model
 
 
-def _load(path: Path, tokenizer: bool) -> Qwen3Model:
+def _load(path: Path, tokenizer: bool, progress=None) -> Qwen3Model:
     if not path.exists():
         raise EdgeQwenError(f"{path}: no such file or directory")
     if path.is_file():
         if path.suffix == ".gguf":
-            return load_gguf(path, tokenizer)
+            return load_gguf(path, tokenizer, progress)
         if path.suffix == ".safetensors":
             path = path.parent
         else:
@@ -146,16 +148,25 @@ _GGUF_LAYER = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "at
                "down_proj": "ffn_down"}
 
 
-def load_gguf(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
-    """Load a GGUF file (qwen3, qwen2 or llama architecture), tensors memory-mapped."""
+def load_gguf(path: str | Path, tokenizer: bool = True, progress=None) -> Qwen3Model:
+    """Load a GGUF file (qwen3, qwen2 or llama architecture): float tensors memory-mapped, block
+    tensors rewritten into the affine layout (weights.gguf_matrix), after which the file's pages
+    are let go; ``progress(done_bytes, total_bytes)`` per tensor."""
     from .storage.gguf import GGUFFile
 
     gf = GGUFFile(path)
     cfg = config_from_gguf(gf)
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    total = sum(data.nbytes for _, _, data in gf.tensors.values())
+    done = 0
 
     def t(name, shape):
-        return load_gguf_tensor(gf, name, shape)
+        nonlocal done
+        w = load_gguf_tensor(gf, name, shape)
+        done += gf.tensors[name][2].nbytes
+        if progress:
+            progress(done, total)
+        return w
 
     ones = np.ones(hd, np.float32)
     layers = []
@@ -191,4 +202,7 @@ def load_gguf(path: str | Path, tokenizer: bool = True) -> Qwen3Model:
                        format_name="gguf " + "/".join(kinds))
     model.tensor_count = len(gf.tensors)
     model.file_bytes = Path(path).stat().st_size
+    gf.release_pages()
+    if progress and done != total:  # tensors the model does not use
+        progress(total, total)
     return model

@@ -11,6 +11,7 @@ import edgeqwen
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.generate import generate_step
 from edgeqwen.sampling import make_sampler
+from edgeqwen.storage.gguf import GGUFFile
 from edgeqwen.weights import gguf_matrix
 
 from conftest import FIXTURES
@@ -239,3 +240,13 @@ def test_int8_activation_block_kernels(kind, n, k):
     pre = np.empty((6, n), np.float32)
     w.matmul(x, pre)
     np.testing.assert_array_equal(pre, out)
+
+
+def test_gguf_load_reports_progress():
+    # block tensors are rewritten at load: the caller sees it advance to the file's tensor bytes
+    seen = []
+    model = edgeqwen.load(GG / "qwen3-tiny-Q4_0.gguf", progress=lambda done, total: seen.append((done, total)))
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(seen) > 5
+    assert seen[-1][0] == seen[-1][1] == sum(t[2].nbytes for t in GGUFFile(GG / "qwen3-tiny-Q4_0.gguf").tensors.values())
+    assert model.lm_head.kind == "Q4_0"

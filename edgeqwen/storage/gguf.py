@@ -144,5 +144,11 @@ class GGUFFile:
                 data = np.frombuffer(self._mmap, np.uint8, nbytes, start).reshape(-1, shape[-1] // block * block_bytes)
             self.tensors[name] = (tname, shape, data)
 
+    def release_pages(self) -> None:
+        """Drop this process's mapped pages of the file (they fault back in if read again): after
+        the block tensors are rewritten at load, their mapped bytes need not count in its memory."""
+        if hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+
     def get(self, key, default=None):
         return self.metadata.get(key, default)
