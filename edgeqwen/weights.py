@@ -33,15 +33,15 @@ def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
 
 
 def activation_buffers(cache: dict, b: int, k: int):
-    """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act): (B, K) int8 codes and
-    (B, NB8) block scales and scaled block sums, NB8 the K/32 blocks padded to whole octets. Views
-    of one allocation in ``cache`` that grows to the largest B asked for (decode's few tokens,
-    prefill's chunk)."""
+    """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act): (B, K) int8 codes,
+    (B, NB8) block scales and (B, 2 NB8) scaled sums (of each block, or of each 16 for 6-bit
+    codes), NB8 the K/32 blocks padded to whole octets. Views of one allocation in ``cache`` that
+    grows to the largest B asked for (decode's few tokens, prefill's chunk)."""
     bufs = cache.get("rows")
     if bufs is None or bufs[0].shape[0] < b:
         nb8 = -(-k // 256) * 8
         bufs = cache["rows"] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
-                                np.empty((b, nb8), np.float32))
+                                np.empty((b, 2 * nb8), np.float32))
     return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
@@ -117,12 +117,12 @@ class Affine:
         self.nbytes = sum(a.nbytes for a in (wq, scales, biases, supers) if a is not None)
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
-        # int8 activations come in blocks of 32, 4-bit codes go two blocks at a time, and 16-weight
-        # groups only as Q6_K's (codes 0..63 offset by 32: simd.affine_q8_dot, per=0)
-        self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)) or (
-            group_size == 16 and bits == 8 and offset == 32)
+        # int8 activations come in blocks of 32 and 4-bit codes go two blocks at a time; 6-bit codes
+        # are Q6_K's (16-weight groups, offset 32: simd.affine_q8_dot, bits=6)
+        self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)) or bits == 6
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
         self._float = None  # (scales, biases) for the float kernels, made on first use
+        self._codes8 = None  # 6-bit codes widened to bytes for the float kernels, made on first use
 
     def _compact(self) -> bool:
         return self.offset > 0 or self.supers is not None
@@ -149,6 +149,15 @@ class Affine:
         if rows is None:
             self._float = (s, b)
         return s, b
+
+    def _float_codes(self):
+        """(codes, bits) for the float kernels: 6-bit codes widened to bytes (cached), others as stored."""
+        if self.bits != 6:
+            return self.wq, self.bits
+        if self._codes8 is None:
+            self._codes8 = np.empty(self.shape, np.uint8)
+            gguf_blocks.q6_codes(self.wq, np.arange(self.shape[0]), self._codes8)
+        return self._codes8, 8
 
     def _buffers(self, b: int):
         bufs = self._prep.get(b)
@@ -182,35 +191,43 @@ class Affine:
             self._own_group()(x, (out,))
             return
         scales, biases = self._float_params()
+        codes, bits = self._float_codes()
         xe, xo, xsum = self._buffers(x.shape[0])
-        if self.bits == 4:
+        if bits == 4:
             quant.split_even_odd(x, xe, xo, xsum, self.group_size)
-            quant.affine4_matvec(self.wq, scales, biases, xe, xo, xsum, out)
+            quant.affine4_matvec(codes, scales, biases, xe, xo, xsum, out)
         else:
             quant.group_sums(x, xsum, self.group_size)
-            quant.affine8_matvec(self.wq, scales, biases, x, xsum, out)
+            quant.affine8_matvec(codes, scales, biases, x, xsum, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         if self._q8_key() is not None:
             self._own_group().matmul(x, (out,))
             return
         scales, biases = self._float_params()
-        kernel = quant.affine4_matmul if self.bits == 4 else quant.affine8_matmul
-        padded_matmul(lambda xp, op: kernel(self.wq, scales, biases, xp, op), x, out)
+        codes, bits = self._float_codes()
+        kernel = quant.affine4_matmul if bits == 4 else quant.affine8_matmul
+        padded_matmul(lambda xp, op: kernel(codes, scales, biases, xp, op), x, out)
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
         if not self._compact():
             quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
             return
         scales, biases = self._float_params(ids)  # only the rows asked for
-        quant.affine_embed(self.wq[ids], scales, biases, self.bits, np.arange(len(ids)), out)
+        if self.bits == 6:
+            codes = np.empty((len(ids), self.shape[1]), np.uint8)
+            gguf_blocks.q6_codes(self.wq, np.asarray(ids, np.int64), codes)
+        else:
+            codes = self.wq[ids]
+        quant.affine_embed(codes, scales, biases, 8 if self.bits == 6 else self.bits, np.arange(len(ids)), out)
 
     def row_f32(self) -> np.ndarray:
         """The dequantized matrix (tests and tools only)."""
         n, k = self.shape
         tile = np.empty((n, k), np.float32)
-        rows = quant.affine4_rows if self.bits == 4 else quant.affine8_rows
-        rows(self.wq, *self._float_params(), 0, n, tile)
+        codes, bits = self._float_codes()
+        rows = quant.affine4_rows if bits == 4 else quant.affine8_rows
+        rows(codes, *self._float_params(), 0, n, tile)
         return tile
 
 
@@ -406,8 +423,8 @@ def gguf_matrix(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Affine:
     one f16 scale per 32 weights (Q4_1 an f16 bias too; Q4_0's and Q8_0's biases are fixed multiples
     of the scale), Q4_K 6-bit scales and mins per 32 with f32 factors per 256, Q6_K int8 scales per
     16 with a factor per 256. All run on the int8-activation kernels, as llama.cpp runs them on its
-    rounded activations. Costs one parallel pass at load and a copy in memory (Q6_K's codes take a
-    byte each: 1.3x its file bytes; the others 1.0-1.03x)."""
+    rounded activations. Costs one parallel pass at load and a copy in memory (1.0-1.03x the file's
+    bytes)."""
     n, k = shape
     if kind in ("Q8_0", "Q4_0", "Q4_1"):
         bits = 8 if kind == "Q8_0" else 4
@@ -425,10 +442,10 @@ def gguf_matrix(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Affine:
         mins = np.empty((n, k // 32), np.uint8)
         gguf_blocks.q4_k_to_affine(raw, wq, scales, mins, supers)
         return Affine(wq, scales, mins, 4, 32, kind=kind, supers=supers)
-    wq = np.empty((n, k), np.uint8)
+    wq = np.empty((n, k * 3 // 4), np.uint8)
     scales = np.empty((n, k // 16), np.int8)
     gguf_blocks.q6_k_to_affine(raw, wq, scales, supers)
-    return Affine(wq, scales, None, 8, 16, kind=kind, offset=32, supers=supers)
+    return Affine(wq, scales, None, 6, 16, kind=kind, offset=32, supers=supers)
 
 
 def load_gguf_tensor(gf, name: str, shape: tuple[int, ...]):

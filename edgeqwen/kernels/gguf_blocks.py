@@ -8,7 +8,8 @@ min) and 16 bytes, byte j holding element j (low nibble) and j + 16 (high); Q4_K
 f16 scale and min, 12 bytes of 6-bit (scale, min) pairs for eight groups of 32, and 128 bytes in
 which each run of 32 holds a group in its low nibbles and the next in its high ones; Q6_K per 256
 weights 128 bytes of low nibbles, 64 of 2-bit high parts, sixteen int8 scales (one per 16 weights)
-and an f16 scale, codes offset by 32.
+and an f16 scale, codes offset by 32 (kept at 6 bits here: nibbles in the 4-bit layout, high parts
+in a plane after them).
 """
 
 import numpy as np
@@ -82,11 +83,14 @@ def q4_k_to_affine(raw, wq, scales, mins, supers):
 
 @njit(parallel=True, **JIT)
 def q6_k_to_affine(raw, wq, scales, supers):
-    # Q6_K: raw (N, K/256*210) u8 -> wq (N, K) u8 codes 0..63; scales (N, K/16) i8 per 16 weights;
-    # supers (N, K/128) f32 (d, 0) per 256: w = d * scale * (q - 32)
+    # Q6_K: raw (N, K/256*210) u8 -> wq (N, 3K/4) u8 6-bit codes 0..63 in the layout of
+    # simd.affine_q8_dot's bits=6 (_put6); scales (N, K/16) i8 per 16 weights; supers (N, K/128) f32
+    # (d, 0) per 256: w = d * scale * (q - 32)
+    k = scales.shape[1] * 16
     for r in prange(raw.shape[0]):
         src = raw[r]
         dst = wq[r]
+        dst[:] = 0
         for sb in range(supers.shape[1] // 2):
             o = sb * 210
             supers[r, 2 * sb] = _f16(src, o + 208)
@@ -101,10 +105,39 @@ def q6_k_to_affine(raw, wq, scales, supers):
                     h = np.int32(src[qh + l])
                     lo = np.int32(src[ql + l])
                     lo2 = np.int32(src[ql + l + 32])
-                    dst[y + l] = np.uint8((lo & 15) | ((h & 3) << 4))
-                    dst[y + l + 32] = np.uint8((lo2 & 15) | (((h >> 2) & 3) << 4))
-                    dst[y + l + 64] = np.uint8((lo >> 4) | (((h >> 4) & 3) << 4))
-                    dst[y + l + 96] = np.uint8((lo2 >> 4) | (((h >> 6) & 3) << 4))
+                    _put6(dst, k, y + l, (lo & 15) | ((h & 3) << 4))
+                    _put6(dst, k, y + l + 32, (lo2 & 15) | (((h >> 2) & 3) << 4))
+                    _put6(dst, k, y + l + 64, (lo >> 4) | (((h >> 4) & 3) << 4))
+                    _put6(dst, k, y + l + 96, (lo2 >> 4) | (((h >> 6) & 3) << 4))
+
+
+@njit(inline="always", **JIT)
+def _slot6(k, e):
+    # where code e of a K-wide 6-bit row lives: (nibble byte, its shift, high-part byte, its shift).
+    # Nibbles as the 4-bit layout (byte j: elements 2j, 2j + 1); per 128 weights u, 32 bytes after
+    # the K/2 nibble bytes hold the high 2 bits: byte j bits 4-5 / 6-7 for nibble byte 64u + j,
+    # bits 0-1 / 2-3 for nibble byte 64u + j + 32
+    p = (e % 128) // 2
+    odd = e % 2
+    return e // 2, 4 * odd, k // 2 + 32 * (e // 128) + p % 32, (4 if p < 32 else 0) + 2 * odd
+
+
+@njit(inline="always", **JIT)
+def _put6(dst, k, e, q):
+    nb, ns, hb, hs = _slot6(k, e)
+    dst[nb] |= np.uint8((q & 15) << ns)
+    dst[hb] |= np.uint8((q >> 4) << hs)
+
+
+@njit(parallel=True, **JIT)
+def q6_codes(wq, ids, out):
+    # the 6-bit codes of rows ``ids`` as one byte each: out (len(ids), K) u8 (the float kernels' input)
+    k = out.shape[1]
+    for t in prange(ids.shape[0]):
+        row = wq[ids[t]]
+        for e in range(k):
+            nb, ns, hb, hs = _slot6(k, e)
+            out[t, e] = ((row[nb] >> ns) & 15) | (((row[hb] >> hs) & 3) << 4)
 
 
 @njit(inline="always", **JIT)

@@ -78,6 +78,22 @@ def quantize_act(x, xq, dx, xs, order):
             xs[b, g] = 0.0
 
 
+@njit(**JIT)
+def sums16(xq, dx, xs):
+    # xs[b, s] = dx[b, s // 2] * the sum of the int8 codes of activations 16s..16s+15, xq in the
+    # ORDER_MLX4 layout (per 128: 64 partners of low nibbles, then 64 of high ones): 16-weight groups
+    # (6-bit codes, simd.affine_q8_dot) take their codes' offset from it
+    for b in range(xq.shape[0]):
+        for u in range(xq.shape[1] // 128):
+            for s in range(8):
+                t = np.int32(0)
+                for j in range(8):
+                    t += np.int32(xq[b, 128 * u + 8 * s + j]) + np.int32(xq[b, 128 * u + 64 + 8 * s + j])
+                xs[b, 8 * u + s] = dx[b, (8 * u + s) // 2] * np.float32(t)
+        for s in range(xq.shape[1] // 16, xs.shape[1]):
+            xs[b, s] = 0.0
+
+
 @njit(inline="always", **JIT)
 def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset):
     # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r]
@@ -99,7 +115,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False):
     is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
     a separate compile, made only when several sequences decode together."""
 
-    order = ORDER_MLX4 if bits == 4 else ORDER_PLAIN
+    order = ORDER_PLAIN if bits == 8 else ORDER_MLX4  # 6-bit codes keep their nibbles in the 4-bit layout
 
     @njit(parallel=True, **JIT)
     def kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs):
@@ -108,6 +124,8 @@ def affine_matvec_q8(bits, per, offset=0, batched=False):
         # x (B, K) f32, rounded here (on the calling thread) into the buffers xq (B, K) i8 and dx, xs
         # (B, NB8) f32 (quantize_act)
         quantize_act(x, xq, dx, xs, order)
+        if bits == 6:
+            sums16(xq, dx, xs)
         nb = xq.shape[1] // 32
         n_b = xq.shape[0] if batched else 1
         n_mats = len(wqs)

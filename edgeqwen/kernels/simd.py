@@ -374,9 +374,12 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
     (Q4_0: 8, Q8_0: 128). Scales (and biases) of dtype uint8 / int8 are small integers multiplying the
     row's ``supers`` (f32, per 256 weights — one octet of blocks — a scale then a bias factor):
     scale = supers[2m] * scales[g], bias = -supers[2m + 1] * biases[g] (Q4_K); ``supers`` is not
-    read otherwise. ``per`` 0 (8 bits, offset 32): groups of 16 weights with codes 0..63 (Q6_K): each
-    lane takes sum (q - 32) x exactly (a second dot of the activations with 32s) and is scaled by its
-    own group's scale x activation scale.
+    read otherwise. ``bits`` 6 (with ``per`` 0, offset 32: Q6_K): 6-bit codes as the low nibbles in the
+    4-bit layout, the row's first K/2 bytes, then per 128 weights 32 bytes of their high 2 bits
+    (byte j: bits 4-5 / 6-7 for the nibbles of byte j, bits 0-1 / 2-3 for those of byte j + 32);
+    groups of 16 weights: each lane is scaled by its own group's scale x activation scale, and the
+    offset enters as -32 x scale x xs[b, s], xs then holding the scaled sums of each 16 activations
+    (quant.sums16). K must be a multiple of 256.
 
     Codes are taken 64 bytes at a time: four blocks for 4 bits, two for 8. For 4 bits the activations
     of each quad of blocks are laid out as the partners of the low nibbles of the four blocks, then of
@@ -396,14 +399,14 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             raise TypingError(f"scales, biases must be C-contiguous 1-D arrays of {plain + small}, got {a}")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
-    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 8), "bits"), (per, (0, 1, 2, 4), "per"),
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 6, 8), "bits"), (per, (0, 1, 2, 4), "per"),
                (offset, (0, 8, 32, 128), "offset")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
     code_offset, bdt, by_super = offset.literal_value, biases.dtype, scales.dtype in small
     if code_offset == 0 and (bdt in small) != by_super or not by_super and code_offset == 0 and bdt != sdt:
         raise TypingError("biases must share the scales' dtype (small integers both, or the same float kind)")
-    if gper == 0 and (nbits != 8 or code_offset != 32):
-        raise TypingError("16-weight groups (per=0) are for 8-bit codes offset by 32")
+    if (gper == 0) != (nbits == 6) or nbits == 6 and code_offset != 32:
+        raise TypingError("6-bit codes (Q6_K) come with 16-weight groups (per=0) and offset 32, and only they")
     sig = types.none(codes, scales, biases, supers, x, dx, xs, n_blocks, res, n_rows, bits, per, offset)
 
     def codegen(context, builder, signature, args):
@@ -419,32 +422,38 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
         ng = _i64(context, builder, args[7], at[7])
         row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
+        row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
         zero16 = ir.Constant(_VI32x16, None)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF8, None)) for _ in range(nb)]
         fifteen = ir.Constant(_VI8x64, [15] * 64)
-        offsets = ir.Constant(_VI8x64, [code_offset] * 64)
         four = ir.Constant(_VI8x64, [4] * 64)
+        two = ir.Constant(_VI8x64, [2] * 64)
+        high_bits = ir.Constant(_VI8x64, [0x30] * 64)
         c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+        plane = builder.mul(ng, c(16))  # 6 bits: where the high parts start (after K/2 nibble bytes)
 
         def xvec(b, off, ty):
             return _load_vec(builder, xa.data, builder.add(builder.mul(c(b), row_x), off), ty, 1)
 
-        def offset_dot(raw, xv):
-            # 16 lanes of sum q x (minus sum 32 x for per=0: the codes' offset, lane by lane)
-            acc = _dot4_64(builder, zero16, raw, xv)
-            return builder.sub(acc, _dot4_64(builder, zero16, offsets, xv)) if gper == 0 else acc
-
         def full_unit(u):
-            # 64 code bytes at 64u: four blocks (4 bits) or two (8 bits) -> per token 16 x i32
+            # 64 code bytes at 64u: four blocks (4 and 6 bits) or two (8 bits) -> per token 16 x i32
             raw = _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x64, 1)
             if nbits == 8:
-                return [offset_dot(raw, xvec(b, builder.mul(u, c(64)), _VI8x64)) for b in range(nb)]
+                return [_dot4_64(builder, zero16, raw, xvec(b, builder.mul(u, c(64)), _VI8x64)) for b in range(nb)]
             lo = builder.and_(raw, fifteen)
             hi = builder.and_(builder.lshr(raw, four), fifteen)
+            if nbits == 6:  # the high 2 bits of the unit's 128 codes, placed over the nibbles
+                h = _load_vec(builder, cp, builder.add(plane, builder.mul(u, c(32))), _VI8x32, 1)
+                h32 = ir.VectorType(ir.IntType(8), 32)
+                h64 = builder.shuffle_vector(h, builder.shl(h, ir.Constant(h32, [4] * 32)),
+                                             ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+                lo = builder.or_(lo, builder.and_(h64, high_bits))
+                hi = builder.or_(hi, builder.and_(builder.lshr(h64, two), high_bits))
             out = []
             for b in range(nb):
-                acc = _dot4_64(builder, zero16, lo, xvec(b, builder.mul(u, c(128)), _VI8x64))
-                out.append(_dot4_64(builder, acc, hi, xvec(b, builder.add(builder.mul(u, c(128)), c(64)), _VI8x64)))
+                xl = xvec(b, builder.mul(u, c(128)), _VI8x64)
+                xh = xvec(b, builder.add(builder.mul(u, c(128)), c(64)), _VI8x64)
+                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl), hi, xh))
             return out
 
         def half_unit(u):
@@ -452,8 +461,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             # 8 bits, or a last pair of 4-bit blocks
             raw = _widen(builder, _load_vec(builder, cp, builder.mul(u, c(64)), _VI8x32, 1), 64)
             if nbits == 8:
-                return [offset_dot(raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
+                return [_dot4_64(builder, zero16, raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
                         for b in range(nb)]
+            if nbits == 6:  # never reached: 6-bit rows are whole octets
+                return [zero16] * nb
             lo = builder.and_(raw, fifteen)
             hi = builder.and_(builder.lshr(raw, four), fifteen)
             out = []
@@ -467,7 +478,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                 out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl), hi, xh))
             return out
 
-        blocks_per_unit = 4 if nbits == 4 else 2
+        blocks_per_unit = 2 if nbits == 8 else 4
         units_per_octet = 8 // blocks_per_unit
         # lane l of unit i of an octet holds products of the octet's block i * blocks_per_unit + l // (16 / bpu)
         lane_block = [[i * blocks_per_unit + lane * blocks_per_unit // 16 for lane in range(16)]
@@ -544,14 +555,17 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                             for slot, v in zip(slots, half_unit(u)):
                                 builder.store(v, slot)
                 per_unit.append([builder.load(slot) for slot in slots])
-            if gper == 0:  # lane l of unit i holds group 4i + l // 4 of the octet, of block 2i + l // 8
+            if gper == 0:  # 6 bits: lane l of unit i holds 16-weight group 8i + l // 2 of the octet
                 c16 = half_group_vec(g0, checked)
                 for b in range(nb):
                     d8 = _load_vec(builder, dxa.data, builder.add(builder.mul(c(b), row_d), g0), _VF8, 4)
                     cd = builder.fmul(c16, builder.shuffle_vector(d8, d8, ir.Constant(_VI32x16, [i // 2 for i in range(16)])))
-                    acc = builder.load(lane_accs[b])
+                    # the codes' offset: -32 x scale x the group's activation sum
+                    s16 = _load_vec(builder, xsa.data, builder.add(builder.mul(c(b), row_s), builder.mul(g0, c(2))), _VF, 4)
+                    m16 = builder.fmul(c16, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF))
+                    acc = _fma(builder, m16, s16, builder.load(lane_accs[b]))
                     for i, u in enumerate(per_unit):
-                        lanes = builder.shuffle_vector(cd, cd, ir.Constant(_VI32x16, [4 * i + l // 4 for l in range(16)]))
+                        lanes = builder.shuffle_vector(cd, cd, ir.Constant(_VI32x16, [8 * i + l // 2 for l in range(16)]))
                         acc = _fma(builder, builder.sitofp(u[b], _VF), lanes, acc)
                     builder.store(acc, lane_accs[b])
                 return
@@ -559,7 +573,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             for b in range(nb):
                 off = builder.add(builder.mul(c(b), row_d), g0)
                 cd8 = builder.fmul(c8, _load_vec(builder, dxa.data, off, _VF8, 4))  # scale x activation scale
-                s8 = _load_vec(builder, xsa.data, off, _VF8, 4)
+                s8 = _load_vec(builder, xsa.data, builder.add(builder.mul(c(b), row_s), g0), _VF8, 4)
                 builder.store(_fma(builder, m8, s8, builder.load(accs[b])), accs[b])
                 # each unit's lanes stay lanes: converted, times their block's factor, summed once per row
                 acc = builder.load(lane_accs[b])
