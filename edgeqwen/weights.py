@@ -129,7 +129,8 @@ class Affine:
 
     def _float_params(self, rows=None):
         """(scales, biases) of ``rows`` (default all, cached) in a form the float kernels take: as
-        stored for the MLX layout, else float32 products (exact: f16 x small integer x power of 2)."""
+        stored for the MLX layout, else products (exact: f16 x small integer x power of 2) in f16
+        where they fit it (Q4_0, Q8_0: the lm_head's float path reads half the bytes), else f32."""
         if not self._compact():
             return (self.scales, self.biases) if rows is None else (self.scales[rows], self.biases[rows])
         if rows is None and self._float is not None:
@@ -143,6 +144,8 @@ class Affine:
             s = to_float32(sc, {np.dtype(np.int16): "F16", np.dtype(np.float32): "F32"}[sc.dtype])
         if self.offset:
             b = np.float32(-self.offset) * s
+            if self.supers is None:  # Q4_0 / Q8_0: f16 scales, and their biases exact in f16 too
+                s, b = sc, _f16_if_exact(b)
         else:
             bi = self.biases if rows is None else self.biases[rows]
             b = -(bi.astype(np.float32) * np.repeat(su[:, 1::2], per_super, axis=1))
