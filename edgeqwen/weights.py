@@ -101,7 +101,7 @@ class Affine:
     the file: ``offset`` > 0 means every bias is -offset x its scale (Q4_0, Q8_0, Q6_K; no biases
     stored), and uint8 / int8 scales (and mins) are small integers times the row's per-256-weight
     ``supers`` (Q4_K, Q6_K). The int8-activation kernel reads them so; the float paths (exact dots,
-    embedding rows) take float32 products made on demand (``_float_params``)."""
+    embedding rows) take their products made on demand (``_float_params``, ``_float_codes``)."""
 
     def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray | None, bits: int, group_size: int,
                  kind: str = "", offset: int = 0, supers: np.ndarray | None = None):
