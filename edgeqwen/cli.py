@@ -47,8 +47,13 @@ def _load(model_path: str | None, threads: int | None = None):
     t0 = time.perf_counter()
     progress = None
     if sys.stderr.isatty() and model_path.endswith(".gguf"):
+        shown = [-1]
+
         def progress(done, total):
-            click.echo(_dim(f"\rreading {Path(model_path).name}: {100 * done // total}%"), nl=False, err=True)
+            pct = 100 * done // total
+            if pct != shown[0]:
+                shown[0] = pct
+                click.echo(_dim(f"\rreading {Path(model_path).name}: {pct}%"), nl=False, err=True)
     model = load(model_path, progress=progress)
     if progress:
         click.echo("\r\033[K", nl=False, err=True)
