@@ -131,13 +131,14 @@ class Affine:
         """(scales, biases) of ``rows`` (default all, cached) in a form the float kernels take: as
         stored for the MLX layout, else products (exact: f16 x small integer x power of 2) in f16
         where they fit it (Q4_0, Q8_0: the lm_head's float path reads half the bytes), else f32."""
+        pick = (lambda a: a) if rows is None else (lambda a: a[rows])  # noqa: E731
         if not self._compact():
-            return (self.scales, self.biases) if rows is None else (self.scales[rows], self.biases[rows])
+            return pick(self.scales), pick(self.biases)
         if rows is None and self._float is not None:
             return self._float
-        sc = self.scales if rows is None else self.scales[rows]
+        sc = pick(self.scales)
         if self.supers is not None:
-            su = self.supers if rows is None else self.supers[rows]
+            su = pick(self.supers)
             per_super = 256 // self.group_size
             s = sc.astype(np.float32) * np.repeat(su[:, 0::2], per_super, axis=1)
         else:
@@ -147,16 +148,20 @@ class Affine:
             if self.supers is None:  # Q4_0 / Q8_0: f16 scales, and their biases exact in f16 too
                 s, b = sc, _f16_if_exact(b)
         else:
-            bi = self.biases if rows is None else self.biases[rows]
-            b = -(bi.astype(np.float32) * np.repeat(su[:, 1::2], per_super, axis=1))
+            b = -(pick(self.biases).astype(np.float32) * np.repeat(su[:, 1::2], per_super, axis=1))
         if rows is None:
             self._float = (s, b)
         return s, b
 
-    def _float_codes(self):
-        """(codes, bits) for the float kernels: 6-bit codes widened to bytes (cached), others as stored."""
+    def _float_codes(self, rows=None):
+        """(codes, bits) of ``rows`` (default all) for the float kernels: 6-bit codes widened to bytes
+        (all rows cached), others as stored."""
         if self.bits != 6:
-            return self.wq, self.bits
+            return (self.wq if rows is None else self.wq[rows]), self.bits
+        if rows is not None:
+            codes = np.empty((len(rows), self.shape[1]), np.uint8)
+            gguf_blocks.q6_codes(self.wq, np.asarray(rows, np.int64), codes)
+            return codes, 8
         if self._codes8 is None:
             self._codes8 = np.empty(self.shape, np.uint8)
             gguf_blocks.q6_codes(self.wq, np.arange(self.shape[0]), self._codes8)
@@ -216,13 +221,8 @@ class Affine:
         if not self._compact():
             quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
             return
-        scales, biases = self._float_params(ids)  # only the rows asked for
-        if self.bits == 6:
-            codes = np.empty((len(ids), self.shape[1]), np.uint8)
-            gguf_blocks.q6_codes(self.wq, np.asarray(ids, np.int64), codes)
-        else:
-            codes = self.wq[ids]
-        quant.affine_embed(codes, scales, biases, 8 if self.bits == 6 else self.bits, np.arange(len(ids)), out)
+        codes, bits = self._float_codes(ids)  # only the rows asked for
+        quant.affine_embed(codes, *self._float_params(ids), bits, np.arange(len(ids)), out)
 
     def row_f32(self) -> np.ndarray:
         """The dequantized matrix (tests and tools only)."""

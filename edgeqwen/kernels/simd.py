@@ -403,7 +403,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                (offset, (0, 8, 32, 128), "offset")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
     code_offset, bdt, by_super = offset.literal_value, biases.dtype, scales.dtype in small
-    if code_offset == 0 and (bdt in small) != by_super or not by_super and code_offset == 0 and bdt != sdt:
+    if code_offset == 0 and not ((bdt in small) if by_super else bdt == sdt):
         raise TypingError("biases must share the scales' dtype (small integers both, or the same float kind)")
     if (gper == 0) != (nbits == 6) or nbits == 6 and code_offset != 32:
         raise TypingError("6-bit codes (Q6_K) come with 16-weight groups (per=0) and offset 32, and only they")
@@ -463,8 +463,6 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             if nbits == 8:
                 return [_dot4_64(builder, zero16, raw, _widen(builder, xvec(b, builder.mul(u, c(64)), _VI8x32), 64))
                         for b in range(nb)]
-            if nbits == 6:  # never reached: 6-bit rows are whole octets
-                return [zero16] * nb
             lo = builder.and_(raw, fifteen)
             hi = builder.and_(builder.lshr(raw, four), fifteen)
             out = []
@@ -489,18 +487,10 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             # the octet's super-block factor k (0: scale, 1: bias) when scales are small integers
             return builder.load(builder.gep(up, [builder.add(builder.udiv(g0, c(4)), c(k))]))
 
-        def half_group_vec(g0, checked):
-            # per=0: the 16 groups of the octet's eight blocks as 16 x f32 (zero past 2 n_blocks)
-            if not checked:
-                v = _stored_to_f32(builder, _load_vec(builder, sp, builder.mul(g0, c(2)),
-                                                      ir.VectorType(sp.type.pointee, 16), 1), sdt)
-                return builder.fmul(v, _splat(builder, super_factor(g0, 0), _VF)) if by_super else v
-            v = ir.Constant(_VF, None)
-            for i in range(16):
-                g = builder.add(builder.mul(g0, c(2)), c(i))
-                inside = builder.icmp_unsigned("<", g, builder.mul(ng, c(2)))
-                val = _stored_to_f32(builder, builder.load(builder.gep(sp, [builder.select(inside, g, c(0))])), sdt)
-                v = builder.insert_element(v, builder.select(inside, val, ir.Constant(_F32, 0.0)), ir.Constant(_I32, i))
+        def half_group_vec(g0):
+            # per=0: the 16 groups of the octet's eight blocks as 16 x f32 (6-bit rows are whole octets)
+            v = _stored_to_f32(builder, _load_vec(builder, sp, builder.mul(g0, c(2)),
+                                                  ir.VectorType(sp.type.pointee, 16), 1), sdt)
             return builder.fmul(v, _splat(builder, super_factor(g0, 0), _VF)) if by_super else v
 
         def stored_vec(ptr, g0, checked, dtype):
@@ -556,7 +546,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                                 builder.store(v, slot)
                 per_unit.append([builder.load(slot) for slot in slots])
             if gper == 0:  # 6 bits: lane l of unit i holds 16-weight group 8i + l // 2 of the octet
-                c16 = half_group_vec(g0, checked)
+                c16 = half_group_vec(g0)
                 for b in range(nb):
                     d8 = _load_vec(builder, dxa.data, builder.add(builder.mul(c(b), row_d), g0), _VF8, 4)
                     cd = builder.fmul(c16, builder.shuffle_vector(d8, d8, ir.Constant(_VI32x16, [i // 2 for i in range(16)])))
@@ -585,8 +575,9 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
         full = builder.udiv(ng, c(8))
         with cgutils.for_range(builder, full) as loop:
             octet(loop.index, False)
-        with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))):
-            octet(full, True)
+        if nbits != 6:  # 6-bit rows (K a multiple of 256) have no partial octet
+            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))):
+                octet(full, True)
         for b in range(nb):
             total = builder.fadd(builder.load(lane_accs[b]), _widen(builder, builder.load(accs[b]), 16))
             builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
