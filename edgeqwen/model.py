@@ -130,7 +130,7 @@ class Qwen3Model:
     def _attention_parts(self, ctx: int, b: int = 1):
         # scratch of decode attention for b sequences: per task of SPLIT positions, (n_heads, hd)
         # partial outputs and (n_heads, 2) softmax max and sum
-        n = -(-ctx // attn_k.SPLIT)
+        n = max(-(-ctx // attn_k.SPLIT), attn_k.MIN_TASKS)
         parts = self._parts.get(b)
         if parts is None or parts[0].shape[1] < n:
             cfg = self.config

@@ -99,7 +99,10 @@ def attention(q, k_cache, v_cache, start, out):
                 out[t0 + r // kv_mul, g * kv_mul + r % kv_mul, j] = o[r, j] * inv
 
 
-SPLIT = 64  # cached positions per task of decode attention
+SPLIT = 64  # most cached positions per task of decode attention
+MIN_TASKS = 4  # short caches are still cut into this many tasks (threads busy to the end; per
+# sequence, never by batch size: a sequence's sums are the same alone or batched) ...
+MIN_SPAN = 16  # ... of at least this many positions
 
 
 @njit(**JIT)
@@ -173,13 +176,13 @@ def _span_rows(q, k_cache, v_cache, p0, n_p, scale, s, o, ml, heads, hd):
 
 
 @njit(**JIT)
-def _span_task(q, k_cache, v_cache, n_keys, task, s, o, ml):
-    # task-th SPLIT positions of one sequence's decode attention: the row intrinsics for the usual
-    # head sizes (literal), plain loops otherwise
+def _span_task(q, k_cache, v_cache, n_keys, task, span, s, o, ml):
+    # task-th ``span`` (<= SPLIT) positions of one sequence's decode attention: the row intrinsics
+    # for the usual head sizes (literal), plain loops otherwise
     hd = q.shape[1]
     scale = np.float32(1.0 / math.sqrt(hd))
-    p0 = task * SPLIT
-    n_p = min(n_keys, p0 + SPLIT) - p0
+    p0 = task * span
+    n_p = min(n_keys, p0 + span) - p0
     pairs = (q.shape[0] // k_cache.shape[1]) % 2 == 0
     if hd == 128:
         if pairs:
@@ -220,7 +223,7 @@ def _merge(part_o, part_ml, n_tasks, out):
 def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_ml, out):
     # decode attention of B sequences (one token each; a single sequence is B = 1 over its cache
     # with a leading axis of 1, so batched and single decode are the same compiled code), split by
-    # position: each task streams SPLIT whole positions (every kv head: contiguous memory) and
+    # position: each task streams up to SPLIT whole positions (every kv head: contiguous memory) and
     # keeps a partial softmax per head, merged at the end by log-sum-exp in task order.
     # Token b sits at positions[b] of cache slot slots[b]; q: (B, n_heads, hd) f32; k_cache,
     # v_cache: (n_slots, layers, ctx, n_kv, hd) f32 or f16 bits, read at ``layer``; part_o:
@@ -228,8 +231,12 @@ def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_
     # ceil(ctx / SPLIT); out: (B, n_heads, hd) f32
     b_len, n_heads, hd = q.shape
     first = np.zeros(b_len + 1, np.int64)  # first task of each sequence: only spans that hold keys
+    spans = np.empty(b_len, np.int64)  # positions per task of each sequence
     for b in range(b_len):
-        first[b + 1] = first[b] + (positions[b] + SPLIT) // SPLIT
+        n_keys = positions[b] + 1
+        n_tasks = max(-(-n_keys // SPLIT), min(MIN_TASKS, -(-n_keys // MIN_SPAN), part_o.shape[1]))
+        spans[b] = -(-n_keys // n_tasks)
+        first[b + 1] = first[b] + -(-n_keys // spans[b])
     for bt in prange(first[b_len]):
         b = 0
         while bt >= first[b + 1]:
@@ -237,7 +244,7 @@ def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_
         task = bt - first[b]
         s = np.empty((n_heads, SPLIT), np.float32)
         sl = slots[b]
-        _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], positions[b] + 1, task, s, part_o[b, task],
-                   part_ml[b, task])
+        _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], positions[b] + 1, task, spans[b], s,
+                   part_o[b, task], part_ml[b, task])
     for b in prange(b_len):
-        _merge(part_o[b], part_ml[b], (positions[b] + SPLIT) // SPLIT, out[b])
+        _merge(part_o[b], part_ml[b], first[b + 1] - first[b], out[b])
