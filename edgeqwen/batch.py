@@ -132,6 +132,8 @@ class BatchRunner:
         self.stop_ids = set(tok.eos_ids if tok is not None else model.config.eos_ids())
         self.prefill_saved = 0
         self.generated = 0
+        self.decode_s = 0.0  # wall time of the batched decode steps (prefill excluded) ...
+        self.decode_tokens = 0  # ... and the tokens they produced
 
     def _start(self, req: Request, slot: int) -> _Running:
         """Prefill a request into ``slot``, borrowing the longest cached prefix from any slot."""
@@ -206,7 +208,10 @@ class BatchRunner:
             if not active:
                 continue
             slots = sorted(active)
+            t0 = time.perf_counter()
             logits = self.model.forward_batch([active[s].next_token for s in slots], self.cache, slots)
+            self.decode_s += time.perf_counter() - t0
+            self.decode_tokens += len(slots)
             for i, slot in enumerate(slots):
                 run = active[slot]
                 run.next_token = run.sampler(logits[i], run.history)

@@ -78,6 +78,10 @@ def test_each_request_gets_its_alone_tokens_and_shares_the_prefix(tiny):
     # every request after the first reused the cached system prompt
     shared = [results[r.id]["cached_prompt_tokens"] for r in reqs[1:]]
     assert min(shared) >= 15 and runner.prefill_saved >= sum(shared)
+    # the decode steps fed every generated token but the last of a request cut off by length
+    cut = sum(r["finish_reason"] == "length" for r in results.values())
+    assert runner.decode_tokens == sum(r["completion_tokens"] for r in results.values()) - cut
+    assert runner.decode_s > 0
 
 
 def test_tokens_identical_across_batch_sizes(tiny):

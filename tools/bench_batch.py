@@ -33,17 +33,21 @@ def main():
         return [Request(i, p, a.gen, {"temperature": 0.0}, None, []) for i, p in enumerate(prompts)]
 
     list(BatchRunner(model, 2, 256).run(requests()[:2]))  # compile / warm up
-    base = None
+    base = base_decode = None
     print(f"{a.model} ({model.format_name}): {a.requests} requests x {a.gen} tokens, prompt {a.prompt}, "
           f"{a.threads} threads")
-    print(f"{'batch':>5s} {'gen tok/s':>10s} {'vs B=1':>7s} {'wall s':>7s}")
+    print("gen tok/s: generated tokens / wall time (prompts prefilled inside it); "
+          "decode tok/s: the batched decode steps alone")
+    print(f"{'batch':>5s} {'gen tok/s':>10s} {'vs B=1':>7s} {'decode tok/s':>13s} {'vs B=1':>7s} {'wall s':>7s}")
     for b in map(int, a.batch_sizes.split(",")):
         runner = BatchRunner(model, b, a.prompt + a.gen + 8)
         t0 = time.perf_counter()
         n = sum(r["completion_tokens"] for r in runner.run(requests()))
         dt = time.perf_counter() - t0
+        dec = runner.decode_tokens / runner.decode_s
         base = base or n / dt
-        print(f"{b:5d} {n / dt:10.1f} {n / dt / base:7.2f} {dt:7.1f}")
+        base_decode = base_decode or dec
+        print(f"{b:5d} {n / dt:10.1f} {n / dt / base:7.2f} {dec:13.1f} {dec / base_decode:7.2f} {dt:7.1f}")
 
 
 if __name__ == "__main__":
