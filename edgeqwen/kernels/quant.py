@@ -208,6 +208,8 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
                     nibble_dot_multi(row, hb, 0, xe[b0:b0 + 3], 0, xo[b0:b0 + 3], 0, hb, srow, n_groups, hb, res, 3)
                 elif take == 2:
                     nibble_dot_multi(row, hb, 0, xe[b0:b0 + 2], 0, xo[b0:b0 + 2], 0, hb, srow, n_groups, hb, res, 2)
+                elif hb == 16:  # groups of 32 (ggml Q4_0 / Q4_1 blocks): the group's one chunk unrolled
+                    res[0] = nibble_dot(row, 16, 0, xe[b0], 0, xo[b0], 0, 16, srow, n_groups, 16)
                 else:
                     res[0] = nibble_dot(row, hb, 0, xe[b0], 0, xo[b0], 0, hb, srow, n_groups, hb)
                 for b in range(b0, b0 + take):

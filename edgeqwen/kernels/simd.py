@@ -76,15 +76,20 @@ def _hsum(builder, vec):
 def _group_loop(builder, ng, chunk_count, body, sp, n_acc, tail=None):
     """for g < ng: partials = 0; for each chunk: body(...) adds into ``n_acc`` partials (independent
     chains, so FMA latency overlaps), then tail(builder, g, parts) if given; acc[i] += scale[g] *
-    partial[i]. Returns sum."""
+    partial[i]. Returns sum. ``chunk_count`` a Python int (a literal group size) unrolls the chunks:
+    for groups of one or two chunks the inner loop's bookkeeping cost as much as its arithmetic."""
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     parts = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     with cgutils.for_range(builder, ng) as g_loop:
         g = g_loop.index
         for part in parts:
             builder.store(ir.Constant(_VF, None), part)
-        with cgutils.for_range(builder, chunk_count) as c_loop:
-            body(builder, g, c_loop.index, parts)
+        if isinstance(chunk_count, int):  # a literal group size: the chunks straight-line
+            for i in range(chunk_count):
+                body(builder, g, ir.Constant(_I64, i), parts)
+        else:
+            with cgutils.for_range(builder, chunk_count) as c_loop:
+                body(builder, g, c_loop.index, parts)
         if tail is not None:
             tail(builder, g, parts)
         s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
@@ -145,7 +150,9 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
             _fma_into(b, parts[0], b.uitofp(b.and_(wide, fifteen), _VF), _load_vec(b, xlp, b.add(xlo, xoff), _VF, 4))
             _fma_into(b, parts[1], b.uitofp(b.lshr(wide, four), _VF), _load_vec(b, xhp, b.add(xho, xoff), _VF, 4))
 
-        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, LANES)), body, sp, 2)
+        chunks = (group_bytes.literal_value // LANES if isinstance(group_bytes, types.IntegerLiteral)
+                  else builder.udiv(gb, ir.Constant(_I64, LANES)))
+        return _group_loop(builder, ng, chunks, body, sp, 2)
 
     return sig, codegen
 
