@@ -184,6 +184,19 @@ def _bias_term(brow, xsum):
     return acc
 
 
+@njit(inline="always", **JIT)
+def _nibble_rows(row, hb, xe, xo, srow, n_groups, res, b0, take):
+    # tokens b0..b0+take-1 (take <= MAX_B) against one row; hb (bytes per group) literal or not
+    if take == 4:
+        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 4], 0, xo[b0:b0 + 4], 0, hb, srow, n_groups, hb, res, 4)
+    elif take == 3:
+        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 3], 0, xo[b0:b0 + 3], 0, hb, srow, n_groups, hb, res, 3)
+    elif take == 2:
+        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 2], 0, xo[b0:b0 + 2], 0, hb, srow, n_groups, hb, res, 2)
+    else:
+        res[0] = nibble_dot(row, hb, 0, xe[b0], 0, xo[b0], 0, hb, srow, n_groups, hb)
+
+
 @njit(parallel=True, **JIT)
 def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
     # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype
@@ -202,16 +215,10 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
             while b0 < n_b:  # each code byte is decoded once for up to MAX_B tokens
                 take = min(MAX_B, n_b - b0)
                 row = wq[r]
-                if take == 4:
-                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 4], 0, xo[b0:b0 + 4], 0, hb, srow, n_groups, hb, res, 4)
-                elif take == 3:
-                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 3], 0, xo[b0:b0 + 3], 0, hb, srow, n_groups, hb, res, 3)
-                elif take == 2:
-                    nibble_dot_multi(row, hb, 0, xe[b0:b0 + 2], 0, xo[b0:b0 + 2], 0, hb, srow, n_groups, hb, res, 2)
-                elif hb == 16:  # groups of 32 (ggml Q4_0 / Q4_1 blocks): the group's one chunk unrolled
-                    res[0] = nibble_dot(row, 16, 0, xe[b0], 0, xo[b0], 0, 16, srow, n_groups, 16)
+                if hb == 16:  # groups of 32 (ggml Q4_0 / Q4_1 blocks): the group's one chunk straight-line
+                    _nibble_rows(row, 16, xe, xo, srow, n_groups, res, b0, take)
                 else:
-                    res[0] = nibble_dot(row, hb, 0, xe[b0], 0, xo[b0], 0, hb, srow, n_groups, hb)
+                    _nibble_rows(row, hb, xe, xo, srow, n_groups, res, b0, take)
                 for b in range(b0, b0 + take):
                     out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
                 b0 += take

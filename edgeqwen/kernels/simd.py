@@ -73,23 +73,35 @@ def _hsum(builder, vec):
     return _tree(builder, vec, builder.fadd)
 
 
+def _chunk_count(builder, group_bytes, gb):
+    """16-byte chunks per group: a Python int when the group size is a literal, else an IR value."""
+    if isinstance(group_bytes, types.IntegerLiteral):
+        return group_bytes.literal_value // LANES
+    return builder.udiv(gb, ir.Constant(_I64, LANES))
+
+
+def _each_chunk(builder, count, step):
+    """step(c) for each chunk c < count: straight-line for a literal count (groups of one or two
+    chunks: a loop's bookkeeping cost as much as their arithmetic), else a loop."""
+    if isinstance(count, int):
+        for i in range(count):
+            step(ir.Constant(_I64, i))
+        return
+    with cgutils.for_range(builder, count) as loop:
+        step(loop.index)
+
+
 def _group_loop(builder, ng, chunk_count, body, sp, n_acc, tail=None):
     """for g < ng: partials = 0; for each chunk: body(...) adds into ``n_acc`` partials (independent
     chains, so FMA latency overlaps), then tail(builder, g, parts) if given; acc[i] += scale[g] *
-    partial[i]. Returns sum. ``chunk_count`` a Python int (a literal group size) unrolls the chunks:
-    for groups of one or two chunks the inner loop's bookkeeping cost as much as its arithmetic."""
+    partial[i]. Returns sum. ``chunk_count`` as _each_chunk takes it."""
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     parts = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
     with cgutils.for_range(builder, ng) as g_loop:
         g = g_loop.index
         for part in parts:
             builder.store(ir.Constant(_VF, None), part)
-        if isinstance(chunk_count, int):  # a literal group size: the chunks straight-line
-            for i in range(chunk_count):
-                body(builder, g, ir.Constant(_I64, i), parts)
-        else:
-            with cgutils.for_range(builder, chunk_count) as c_loop:
-                body(builder, g, c_loop.index, parts)
+        _each_chunk(builder, chunk_count, lambda c: body(builder, g, c, parts))
         if tail is not None:
             tail(builder, g, parts)
         s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
@@ -150,9 +162,7 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
             _fma_into(b, parts[0], b.uitofp(b.and_(wide, fifteen), _VF), _load_vec(b, xlp, b.add(xlo, xoff), _VF, 4))
             _fma_into(b, parts[1], b.uitofp(b.lshr(wide, four), _VF), _load_vec(b, xhp, b.add(xho, xoff), _VF, 4))
 
-        chunks = (group_bytes.literal_value // LANES if isinstance(group_bytes, types.IntegerLiteral)
-                  else builder.udiv(gb, ir.Constant(_I64, LANES)))
-        return _group_loop(builder, ng, chunks, body, sp, 2)
+        return _group_loop(builder, ng, _chunk_count(builder, group_bytes, gb), body, sp, 2)
 
     return sig, codegen
 
@@ -247,13 +257,15 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
         fifteen = ir.Constant(_VI32, [15] * LANES)
         four = ir.Constant(_VI32, [4] * LANES)
+        chunks = _chunk_count(builder, group_bytes, gb)
         with cgutils.for_range(builder, ng) as g_loop:
             g = g_loop.index
             for pb in parts:
                 for part in pb:
                     builder.store(zero, part)
-            with cgutils.for_range(builder, builder.udiv(gb, ir.Constant(_I64, LANES))) as c_loop:
-                step = builder.mul(c_loop.index, ir.Constant(_I64, LANES))
+
+            def chunk(c):
+                step = builder.mul(c, ir.Constant(_I64, LANES))
                 raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
                 wide = builder.zext(raw, _VI32)
                 lo = builder.uitofp(builder.and_(wide, fifteen), _VF)
@@ -267,6 +279,8 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
                                    _VF, 4)
                     _fma_into(builder, parts[b][0], lo, vl)
                     _fma_into(builder, parts[b][1], hi, vh)
+
+            _each_chunk(builder, chunks, chunk)
             s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
             for b in range(nb):
                 for i in (0, 1):
