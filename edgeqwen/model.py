@@ -128,8 +128,8 @@ class Qwen3Model:
         return ws
 
     def _attention_parts(self, ctx: int, b: int = 1):
-        # scratch of decode attention for b sequences: per task of SPLIT positions, (n_heads, hd)
-        # partial outputs and (n_heads, 2) softmax max and sum
+        # scratch of decode attention for b sequences: per task (up to SPLIT positions; at least
+        # MIN_TASKS of them), (n_heads, hd) partial outputs and (n_heads, 2) softmax max and sum
         n = max(-(-ctx // attn_k.SPLIT), attn_k.MIN_TASKS)
         parts = self._parts.get(b)
         if parts is None or parts[0].shape[1] < n:

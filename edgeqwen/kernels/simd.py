@@ -136,7 +136,8 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
 
     b_gj = codes[g * c_stride + c_off + j] for j < group_bytes (a multiple of 16); lo/hi are the
     byte's low and high nibbles. MLX int4 rows: xl, xh = the even / odd activations. ggml Q4 blocks:
-    xl = xh = x with offsets 0 / 16 and the block header skipped by c_off.
+    xl = xh = x with offsets 0 / 16 and the block header skipped by c_off. A literal group_bytes
+    emits each group's chunks straight-line (_each_chunk).
     """
     _check_array(codes, types.uint8, "codes")
     for a in (xl, xh, scales):
