@@ -23,7 +23,7 @@ def stored(w32, kind):
 
 @pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 13), (65, 33), (130, 257)])
-@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("b", [1, 3, 8])
 def test_matvec(kind, n, k, b):
     w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
     x = rng.standard_normal((b, k)).astype(np.float32)
@@ -46,10 +46,12 @@ def test_a_tokens_numbers_do_not_depend_on_its_batch():
     w, _ = stored(rng.standard_normal((67, 129)).astype(np.float32), "bf16")
     d = Dense(w, "bf16")
     x = rng.standard_normal((9, 129)).astype(np.float32)
-    one, five = np.empty((1, 67), np.float32), np.empty((5, 67), np.float32)
-    d.matvec(x[2:3], one)
-    d.matvec(x[:5], five)
+    one, five, nine = np.empty((1, 67), np.float32), np.empty((5, 67), np.float32), np.empty((9, 67), np.float32)
+    d.matvec(x[2:3], one)  # rows one at a time
+    d.matvec(x[:5], five)  # four rows x four tokens, then four rows x one token
+    d.matvec(x, nine)  # four, four, one
     assert np.array_equal(one[0], five[2])
+    assert np.array_equal(five, nine[:5])
     a, b = np.empty((9, 67), np.float32), np.empty((3, 67), np.float32)
     d.matmul(x, a)
     d.matmul(x[6:], b)

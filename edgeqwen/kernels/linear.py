@@ -1,9 +1,10 @@
 """Dense linear layers for bf16 / f16 / f32 weights: y = x @ W.T with W of shape (N, K).
 
-``matvec`` is the decode path (one token, memory bound): rows are split into blocks over
-threads and each row is one vectorised dot product. ``matmul`` is the prefill path (T tokens,
-compute bound): a block of weight rows is converted to float32 once into a per-thread tile
-and reused for every token, with a 4-row x 4-token register block in the inner loop.
+``matvec`` is the decode path (a few tokens, memory bound): rows are split into blocks over
+threads and each chunk of a row is converted to float32 once for every token (simd.dense_dot).
+``matmul`` is the prefill path (T tokens, compute bound): a block of weight rows is converted to
+float32 once into a per-thread tile and reused for every token, with a 4-row x 4-token register
+block in the inner loop.
 
 Both keep each output's arithmetic independent of how many tokens ride along, so batching and
 chunking never change a sequence's numbers.
@@ -13,31 +14,59 @@ import numpy as np
 from numba import njit, prange
 
 from .numeric import JIT, to_f32
+from .simd import dense_dot
 
 ROWS_PER_TASK = 64
 
 
+PREFETCH_ROWS = 4  # blocks of four rows ask for the next four as they go (measured: 4-16 alike;
+# one burst per block instead of spread over the loop lost, and single rows need no help)
+
+
 @njit(inline="always", **JIT)
-def _dot(wr, xb):
-    # one output: sum_j w[j] * x[j], the whole row in one vectorised reduction
-    acc = np.float32(0.0)
-    for j in range(wr.shape[0]):
-        acc += to_f32(wr[j]) * xb[j]
-    return acc
+def _block(w, x, out, r, n_rows, ahead):
+    # rows r..r+n_rows-1 (n_rows a literal) against every token, up to 4 tokens a call: out[b, r];
+    # the first call prefetches ``ahead`` elements on (0: none)
+    k = w.shape[1]
+    n = out.shape[1]
+    n_b = x.shape[0]
+    b0 = 0
+    while b0 < n_b:
+        left = n_b - b0
+        pf = ahead if b0 == 0 else 0
+        if left >= 4:
+            dense_dot(w, r * k, k, n_rows, k, x, b0 * k, k, 4, out, b0 * n + r, n, pf)
+            b0 += 4
+        elif left == 3:
+            dense_dot(w, r * k, k, n_rows, k, x, b0 * k, k, 3, out, b0 * n + r, n, pf)
+            b0 += 3
+        elif left == 2:
+            dense_dot(w, r * k, k, n_rows, k, x, b0 * k, k, 2, out, b0 * n + r, n, pf)
+            b0 += 2
+        else:
+            dense_dot(w, r * k, k, n_rows, k, x, b0 * k, k, 1, out, b0 * n + r, n, pf)
+            b0 += 1
 
 
 @njit(parallel=True, **JIT)
 def matvec(w, x, out):
     # w: (N, K) stored dtype; x: (B, K) f32; out: (B, N) f32 -- B tokens of decode (B small)
-    # Each row of w is read from memory once and serves all B tokens from cache; each output is
-    # the same _dot whatever B is, so a sequence's numbers do not depend on its batch.
-    n = w.shape[0]
+    # Each row of w is read from memory once and serves every token from L1. One or two tokens
+    # take the rows one at a time (one stream, which the hardware prefetcher follows alone); more
+    # take them four at a time (4 x 4 register blocks, the next rows prefetched). Each output is
+    # the same simd.dense_dot chain whatever the block, so a sequence's numbers do not depend on
+    # its batch.
+    n, k = w.shape
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            wr = w[r]
-            for b in range(x.shape[0]):
-                out[b, r] = _dot(wr, x[b])
+        r = t * ROWS_PER_TASK
+        r1 = min(n, r + ROWS_PER_TASK)
+        while x.shape[0] > 2 and r + 4 <= r1:
+            _block(w, x, out, r, 4, PREFETCH_ROWS * k if r + 4 + PREFETCH_ROWS <= n else 0)
+            r += 4
+        while r < r1:
+            _block(w, x, out, r, 1, 0)
+            r += 1
 
 
 TILE_ROWS = 32

@@ -31,6 +31,11 @@ def _check_array(ty, dtype, what, ndim=1):
         raise TypingError(f"{what} must be a C-contiguous {ndim}-D {dtype} array, got {ty}")
 
 
+def _check_rows(ty, dtypes, what):
+    if not (isinstance(ty, types.Array) and ty.layout == "C" and ty.dtype in dtypes):
+        raise TypingError(f"{what} must be a C-contiguous array of {dtypes}, got {ty}")
+
+
 def _literals(pairs):
     """Each (type, allowed values, name): the type must be an integer literal with an allowed value."""
     for lit, allowed, what in pairs:
@@ -289,6 +294,72 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
         for b in range(nb):
             total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
             builder.store(_hsum(builder, total), builder.gep(rp, [ir.Constant(_I64, b)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+DENSE_MAX = 4  # rows and tokens per call of dense_dot (its 4 x 4 accumulators stay in registers)
+
+
+@intrinsic
+def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_tok, out, o_off, o_stride, ahead):
+    """Dots of ``n_rows`` dense rows with ``n_tok`` activation rows (both literals 1..DENSE_MAX):
+    out[o_off + b*o_stride + r] = sum_j w[w_off + r*w_stride + j] * x[x_off + b*x_stride + j], j < k.
+    w: float32, bfloat16 bits as uint16 or float16 bits as int16; x, out: float32; C-contiguous,
+    offsets and strides in elements of the flat data. Each 16-weight chunk is converted once and
+    each activation chunk loaded once for the whole block. Every (row, token) is one FMA chain over
+    the chunks, a fixed tree, then the k % 16 tail in order, whatever the block's size: a sequence's
+    numbers do not depend on its batch, nor a prompt's on its length. ``ahead`` > 0: each chunk step
+    also asks the cache for the lines ``ahead`` elements past the first row's chunk (w_stride == k:
+    the rows ``ahead / k`` further on), spread over the loop instead of a burst."""
+    _check_rows(w, (types.float32, types.uint16, types.int16), "w")
+    _check_rows(x, (types.float32,), "x")
+    _check_rows(out, (types.float32,), "out")
+    _literals(((n_rows, range(1, DENSE_MAX + 1), "n_rows"), (n_tok, range(1, DENSE_MAX + 1), "n_tok")))
+    nr, nb, wdt = n_rows.literal_value, n_tok.literal_value, w.dtype
+    sig = types.none(w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_tok, out, o_off, o_stride, ahead)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        wp, xp, op = (_ptr(context, builder, at[i], args[i]) for i in (0, 5, 9))
+        w_off, w_str, kk, x_off, x_str, o_off, o_str, ahead = (_i64(context, builder, args[i], at[i])
+                                                              for i in (1, 2, 4, 6, 7, 10, 11, 12))
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+        wvec = ir.VectorType(wp.type.pointee, LANES)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)] for _ in range(nr)]
+        wrow = [builder.add(w_off, builder.mul(c(r), w_str)) for r in range(nr)]
+        xrow = [builder.add(x_off, builder.mul(c(b), x_str)) for b in range(nb)]
+        chunks = builder.udiv(kk, c(LANES))
+        esize = context.get_abi_sizeof(context.get_data_type(wdt))
+        pf_lines = max(1, nr * LANES * esize // 64)  # lines of rows consumed per chunk step
+        pf_base = builder.bitcast(builder.gep(wp, [builder.add(w_off, ahead)]), ir.IntType(8).as_pointer())
+        do_pf = builder.icmp_signed(">", ahead, c(0))
+        with cgutils.for_range(builder, chunks) as loop:
+            j = builder.mul(loop.index, c(LANES))
+            with builder.if_then(do_pf):
+                for i in range(pf_lines):
+                    _prefetch_line(builder, builder.gep(pf_base, [builder.add(builder.mul(loop.index, c(64 * pf_lines)),
+                                                                              c(64 * i))]))
+            xs = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
+            for r in range(nr):
+                wv = _stored_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, 2), wdt)
+                for b in range(nb):
+                    _fma_into(builder, accs[r][b], wv, xs[b])
+        sums = [[cgutils.alloca_once_value(builder, _hsum(builder, builder.load(a))) for a in ar] for ar in accs]
+        start = builder.mul(chunks, c(LANES))
+        with cgutils.for_range(builder, builder.sub(kk, start)) as loop:
+            j = builder.add(start, loop.index)
+            xs = [builder.load(builder.gep(xp, [builder.add(xrow[b], j)])) for b in range(nb)]
+            for r in range(nr):
+                wj = _stored_to_f32(builder, builder.load(builder.gep(wp, [builder.add(wrow[r], j)])), wdt)
+                for b in range(nb):
+                    builder.store(_call(builder, "llvm.fma.f32", _F32, [wj, xs[b], builder.load(sums[r][b])]),
+                                  sums[r][b])
+        for b in range(nb):
+            for r in range(nr):
+                builder.store(builder.load(sums[r][b]), builder.gep(op, [builder.add(o_off, builder.add(
+                    builder.mul(c(b), o_str), c(r)))]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -647,11 +718,6 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
     return sig, codegen
 
 
-def _check_rows(ty, dtypes, what):
-    if not (isinstance(ty, types.Array) and ty.layout == "C" and ty.dtype in dtypes):
-        raise TypingError(f"{what} must be a C-contiguous array of {dtypes}, got {ty}")
-
-
 ROW_WIDTHS = (64, 128, 256)  # head_dim values the attention intrinsics are compiled for
 MAX_HEADS = 4
 
@@ -735,6 +801,16 @@ def weighted_rows(typingctx, v, v_off, v_stride, w, w_off, w_stride, n, out, out
     return sig, codegen
 
 
+def _prefetch_line(builder, ptr):
+    """llvm.prefetch of the line holding the i8* ``ptr`` (read, high locality, data)."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = builder.module.globals.get("llvm.prefetch.p0i8")
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                         name="llvm.prefetch.p0i8")
+    builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
 @intrinsic
 def prefetch(typingctx, a, off, n):
     """Ask the cache for elements a[off:off+n] of a C-contiguous array's flat data, one request per
@@ -750,14 +826,8 @@ def prefetch(typingctx, a, off, n):
         size = context.get_abi_sizeof(context.get_data_type(at[0].dtype))
         n_bytes = builder.mul(_i64(context, builder, args[2], at[2]), ir.Constant(_I64, size))
         n_lines = builder.udiv(builder.add(n_bytes, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
-        i8p = ir.IntType(8).as_pointer()
-        fn = builder.module.globals.get("llvm.prefetch.p0i8")
-        if fn is None:
-            fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                             name="llvm.prefetch.p0i8")
         with cgutils.for_range(builder, n_lines) as loop:
-            ptr = builder.gep(first, [builder.mul(loop.index, ir.Constant(_I64, 64))])
-            builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            _prefetch_line(builder, builder.gep(first, [builder.mul(loop.index, ir.Constant(_I64, 64))]))
         return context.get_dummy_value()
 
     return sig, codegen
