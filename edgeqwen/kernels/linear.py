@@ -9,7 +9,6 @@ Both keep each output's arithmetic independent of how many tokens ride along, so
 chunking never change a sequence's numbers.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from .numeric import JIT
