@@ -15,8 +15,6 @@ from .numeric import JIT
 from .simd import dense_dot
 
 ROWS_PER_TASK = 64
-
-
 PREFETCH_ROWS = 4  # blocks of four rows ask for the next four as they go (measured: 4-16 alike;
 # one burst per block instead of spread over the loop lost, and single rows need no help)
 
