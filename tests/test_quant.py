@@ -131,6 +131,9 @@ def test_affine_kernels(bits, gs, n, k, scale_kind, t):
     out = np.full((t, n), np.nan, np.float32)
     w.matvec(x, out)
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
+    one = np.empty((1, n), np.float32)
+    w.matvec(x[-1:], one)  # a token alone: the same numbers as in its batch
+    assert np.array_equal(one[0], out[-1])
     emb = np.empty((2, k), np.float32)
     w.embed(np.array([n - 1, 0]), emb)
     np.testing.assert_allclose(emb, ref[[n - 1, 0]], rtol=1e-6, atol=1e-6)
@@ -188,7 +191,7 @@ def test_exact_dots_switch():
 
 
 @pytest.mark.parametrize("n,k,scale_dtype", [(1, 16, np.float32), (130, 200, np.float32), (257, 129, np.float32)])
-@pytest.mark.parametrize("t", [1, 5])
+@pytest.mark.parametrize("t", [1, 3, 9])
 def test_fp8_kernels(n, k, scale_dtype, t):
     table = np.load(GQ / "e4m3_table.npy")
     codes = rng.integers(0, 256, size=(n, k)).astype(np.uint8)
@@ -203,6 +206,9 @@ def test_fp8_kernels(n, k, scale_dtype, t):
     out = np.full((t, n), np.nan, np.float32)
     w.matvec(x, out)  # the decode kernel (SIMD e4m3 decoding), every byte pattern but NaN
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-2)
+    one = np.empty((1, n), np.float32)
+    w.matvec(x[-1:], one)  # a token alone: the same numbers as in its batch
+    assert np.array_equal(one[0], out[-1])
 
 
 # -- bad input ------------------------------------------------------------------------------------

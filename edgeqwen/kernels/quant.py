@@ -257,6 +257,21 @@ def affine4_matmul(wq, scales, biases, x, out):
         tile_matmul(tile, rows, x, out, r0)
 
 
+@njit(inline="always", **JIT)
+def _byte_tokens(row, gb, x, srow, n_groups, kind, res, b0):
+    # simd.byte_dot of one row (groups of gb bytes, contiguous) with the min(MAX_B, B - b0) tokens
+    # from b0 into res; each code chunk is decoded once for all of them
+    left = x.shape[0] - b0
+    if left >= 4:
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 4)
+    elif left == 3:
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 3)
+    elif left == 2:
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 2)
+    else:
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 1)
+
+
 # -- affine int8 --------------------------------------------------------------------------------
 
 @njit(parallel=True, **JIT)
@@ -268,11 +283,16 @@ def affine8_matvec(wq, scales, biases, x, xsum, out):
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         srow = np.empty(n_groups, np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            _scales_f32(scales[r], srow)
-            for b in range(out.shape[0]):
-                out[b, r] = (byte_dot(wq[r], gs, 0, x[b], gs, srow, n_groups, gs, "u8")
-                             + _bias_term(biases[r], xsum[b]))
+        res = np.empty(MAX_B, np.float32)
+        b0 = 0
+        while b0 < out.shape[0]:  # up to MAX_B tokens a pass: their activations stay in L1
+            take = min(MAX_B, out.shape[0] - b0)
+            for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+                _scales_f32(scales[r], srow)
+                _byte_tokens(wq[r], gs, x, srow, n_groups, "u8", res, b0)
+                for b in range(b0, b0 + take):
+                    out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
+            b0 += take
 
 
 @njit(**JIT)
@@ -325,18 +345,24 @@ def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         srow = np.empty(scale_inv.shape[1], np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            row = wq[r]
-            for c in range(srow.shape[0]):
-                srow[c] = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
-            for b in range(out.shape[0]):
-                acc = byte_dot(row, block_k, 0, x[b], block_k, srow, n_full, block_k, "e4m3")
-                if n_full < srow.shape[0]:
-                    dot = np.float32(0.0)
-                    for j in range(n_full * block_k, k):
-                        dot += e4m3_unscaled(row[j]) * x[b, j]
-                    acc += srow[n_full] * dot
-                out[b, r] = acc
+        res = np.empty(MAX_B, np.float32)
+        b0 = 0
+        while b0 < out.shape[0]:  # up to MAX_B tokens a pass: their activations stay in L1
+            take = min(MAX_B, out.shape[0] - b0)
+            for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+                row = wq[r]
+                for c in range(srow.shape[0]):
+                    srow[c] = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
+                _byte_tokens(row, block_k, x, srow, n_full, "e4m3", res, b0)
+                for b in range(b0, b0 + take):
+                    acc = res[b - b0]
+                    if n_full < srow.shape[0]:
+                        dot = np.float32(0.0)
+                        for j in range(n_full * block_k, k):
+                            dot += e4m3_unscaled(row[j]) * x[b, j]
+                        acc += srow[n_full] * dot
+                    out[b, r] = acc
+            b0 += take
 
 
 @njit(**JIT)

@@ -173,6 +173,7 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stri
     return sig, codegen
 
 
+MAX_B = 4  # activation rows per call of nibble_dot_multi and byte_dot (accumulators stay in registers)
 BYTE_KINDS = {"u8": 0, "i8": 1, "e4m3": 2}
 
 
@@ -189,46 +190,67 @@ def _decode_bytes(builder, raw, kind):
 
 
 @intrinsic
-def byte_dot(typingctx, codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, kind):
-    """sum_g scales[g] * sum_j q(codes[g*c_stride + c_off + j]) * x[g*x_stride + j].
+def byte_dot(typingctx, codes, c_stride, c_off, x, b0, x_stride, scales, n_groups, group_bytes, kind, res, n_rows):
+    """res[b] = sum_g scales[g] * sum_j q(codes[g*c_stride + c_off + j]) * x[b0 + b, g*x_stride + j] for
+    ``n_rows`` (a literal 1..MAX_B) activation rows of x (2-D) from b0: each 16-byte chunk is decoded
+    once for all of them, and per row the operations and their order do not depend on n_rows (a
+    sequence's numbers do not depend on its batch).
 
     ``kind`` (a literal) says what a byte is: "u8", "i8", or "e4m3" (its value / 2**120: the caller
-    folds 2**120 into the scales). group_bytes is a multiple of 16 (32 per step, a last 16 alone).
+    folds 2**120 into the scales). group_bytes is a multiple of 16 (32 per step into two
+    accumulators, a last 16 alone into the first).
     """
     _check_array(codes, types.uint8, "codes")
-    _check_array(x, types.float32, "activations")
+    _check_array(x, types.float32, "activations", 2)
     _check_array(scales, types.float32, "scales")
+    _check_array(res, types.float32, "res")
     if not isinstance(kind, types.StringLiteral) or kind.literal_value not in BYTE_KINDS:
         raise TypingError(f"kind must be a literal in {sorted(BYTE_KINDS)}")
-    byte_kind = kind.literal_value
-    sig = types.float32(codes, c_stride, c_off, x, x_stride, scales, n_groups, group_bytes, kind)
+    _literals(((n_rows, range(1, MAX_B + 1), "n_rows"),))
+    byte_kind, nb = kind.literal_value, n_rows.literal_value
+    sig = types.none(codes, c_stride, c_off, x, b0, x_stride, scales, n_groups, group_bytes, kind, res, n_rows)
 
     def codegen(context, builder, signature, args):
         at = signature.args
         cp = _ptr(context, builder, at[0], args[0])
-        xp = _ptr(context, builder, at[3], args[3])
-        sp = _ptr(context, builder, at[5], args[5])
-        cs, co, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7))
+        xa = context.make_array(at[3])(context, builder, value=args[3])
+        sp = _ptr(context, builder, at[6], args[6])
+        rp = _ptr(context, builder, at[10], args[10])
+        first, xs, cs, co, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (4, 5, 1, 2, 7, 8))
+        row = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        zero = ir.Constant(_VF, None)
+        parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
 
-        def chunk(b, g, step, part):
-            raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
-            _fma_into(b, part, _decode_bytes(b, raw, byte_kind), _load_vec(b, xp, b.add(b.mul(g, xs), step), _VF, 4))
+        def chunk(g, step, k):
+            raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
+            w = _decode_bytes(builder, raw, byte_kind)
+            xoff = builder.add(builder.mul(g, xs), step)
+            for b in range(nb):
+                xv = _load_vec(builder, xa.data, builder.add(builder.mul(builder.add(first, c(b)), row), xoff), _VF, 4)
+                _fma_into(builder, parts[b][k], w, xv)
 
-        def body(b, g, c, parts):
-            # two 16-byte chunks per step into two accumulators
-            for k in range(2):
-                chunk(b, g, b.add(b.mul(c, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, k * LANES)), parts[k])
-
-        def tail(b, g, parts):
-            with b.if_then(b.icmp_unsigned("!=", b.urem(gb, ir.Constant(_I64, 2 * LANES)), ir.Constant(_I64, 0))):
-                chunk(b, g, b.sub(gb, ir.Constant(_I64, LANES)), parts[0])
-
-        return _group_loop(builder, ng, builder.udiv(gb, ir.Constant(_I64, 2 * LANES)), body, sp, 2, tail)
+        with cgutils.for_range(builder, ng) as g_loop:
+            g = g_loop.index
+            for pb in parts:
+                for part in pb:
+                    builder.store(zero, part)
+            with cgutils.for_range(builder, builder.udiv(gb, c(2 * LANES))) as step:
+                for k in range(2):
+                    chunk(g, builder.add(builder.mul(step.index, c(2 * LANES)), c(k * LANES)), k)
+            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(gb, c(2 * LANES)), c(0))):
+                chunk(g, builder.sub(gb, c(LANES)), 0)
+            sv = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
+            for b in range(nb):
+                for i in (0, 1):
+                    builder.store(_fma(builder, sv, builder.load(parts[b][i]), builder.load(accs[b][i])), accs[b][i])
+        for b in range(nb):
+            total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
+            builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
+        return context.get_dummy_value()
 
     return sig, codegen
-
-
-MAX_B = 4  # rows handled per call of nibble_dot_multi (accumulators stay in registers)
 
 
 @intrinsic
