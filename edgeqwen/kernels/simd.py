@@ -118,6 +118,28 @@ def _group_loop(builder, ng, chunk_count, body, sp, n_acc, tail=None):
     return _hsum(builder, total)
 
 
+def _multi_group_loop(builder, ng, nb, sp, rp, emit_group):
+    """_group_loop for ``nb`` activation rows at once: for g < ng, emit_group(g, parts) adds each row's
+    chunks into its two partials parts[b] (zeroed per group), then acc[b][i] += scale[g] * parts[b][i];
+    rp[b] = the fixed tree of acc[b][0] + acc[b][1]. Per row the same operations as one row alone."""
+    zero = ir.Constant(_VF, None)
+    parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
+    with cgutils.for_range(builder, ng) as g_loop:
+        g = g_loop.index
+        for pb in parts:
+            for part in pb:
+                builder.store(zero, part)
+        emit_group(g, parts)
+        s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
+        for b in range(nb):
+            for i in (0, 1):
+                builder.store(_fma(builder, s, builder.load(parts[b][i]), builder.load(accs[b][i])), accs[b][i])
+    for b in range(nb):
+        total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
+        builder.store(_hsum(builder, total), builder.gep(rp, [ir.Constant(_I64, b)]))
+
+
 def _call(builder, name, ret, args):
     """Call the LLVM intrinsic ``name`` (declared in the module on first use) returning ``ret``."""
     fn = builder.module.globals.get(name)
@@ -218,12 +240,9 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, b0, x_stride, scales, n_group
         rp = _ptr(context, builder, at[10], args[10])
         first, xs, cs, co, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (4, 5, 1, 2, 7, 8))
         row = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-        zero = ir.Constant(_VF, None)
-        parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
         c = lambda v: ir.Constant(_I64, v)  # noqa: E731
 
-        def chunk(g, step, k):
+        def chunk(g, step, parts, k):
             raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
             w = _decode_bytes(builder, raw, byte_kind)
             xoff = builder.add(builder.mul(g, xs), step)
@@ -231,23 +250,14 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, b0, x_stride, scales, n_group
                 xv = _load_vec(builder, xa.data, builder.add(builder.mul(builder.add(first, c(b)), row), xoff), _VF, 4)
                 _fma_into(builder, parts[b][k], w, xv)
 
-        with cgutils.for_range(builder, ng) as g_loop:
-            g = g_loop.index
-            for pb in parts:
-                for part in pb:
-                    builder.store(zero, part)
+        def group(g, parts):
             with cgutils.for_range(builder, builder.udiv(gb, c(2 * LANES))) as step:
                 for k in range(2):
-                    chunk(g, builder.add(builder.mul(step.index, c(2 * LANES)), c(k * LANES)), k)
+                    chunk(g, builder.add(builder.mul(step.index, c(2 * LANES)), c(k * LANES)), parts, k)
             with builder.if_then(builder.icmp_unsigned("!=", builder.urem(gb, c(2 * LANES)), c(0))):
-                chunk(g, builder.sub(gb, c(LANES)), 0)
-            sv = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
-            for b in range(nb):
-                for i in (0, 1):
-                    builder.store(_fma(builder, sv, builder.load(parts[b][i]), builder.load(accs[b][i])), accs[b][i])
-        for b in range(nb):
-            total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
-            builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
+                chunk(g, builder.sub(gb, c(LANES)), parts, 0)
+
+        _multi_group_loop(builder, ng, nb, sp, rp, group)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -280,18 +290,11 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
         cs, co, xlo, xho, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7, 9, 10))
         row_l = cgutils.unpack_tuple(builder, xla.shape, 2)[1]
         row_h = cgutils.unpack_tuple(builder, xha.shape, 2)[1]
-        zero = ir.Constant(_VF, None)
-        parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
         fifteen = ir.Constant(_VI32, [15] * LANES)
         four = ir.Constant(_VI32, [4] * LANES)
         chunks = _chunk_count(builder, group_bytes, gb)
-        with cgutils.for_range(builder, ng) as g_loop:
-            g = g_loop.index
-            for pb in parts:
-                for part in pb:
-                    builder.store(zero, part)
 
+        def group(g, parts):
             def chunk(c):
                 step = builder.mul(c, ir.Constant(_I64, LANES))
                 raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
@@ -309,13 +312,8 @@ def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, 
                     _fma_into(builder, parts[b][1], hi, vh)
 
             _each_chunk(builder, chunks, chunk)
-            s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
-            for b in range(nb):
-                for i in (0, 1):
-                    builder.store(_fma(builder, s, builder.load(parts[b][i]), builder.load(accs[b][i])), accs[b][i])
-        for b in range(nb):
-            total = builder.fadd(builder.load(accs[b][0]), builder.load(accs[b][1]))
-            builder.store(_hsum(builder, total), builder.gep(rp, [ir.Constant(_I64, b)]))
+
+        _multi_group_loop(builder, ng, nb, sp, rp, group)
         return context.get_dummy_value()
 
     return sig, codegen
