@@ -25,9 +25,9 @@ def main():
     a = ap.parse_args()
     numba.set_num_threads(a.threads)
     model = edgeqwen.load(a.model)
-    model.tokenizer.eos_ids = []  # random weights: run every request to its full length
+    model.tokenizer.eos_ids = []  # run every request to its full length (random weights, or not)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, 150000, size=a.prompt).tolist() for _ in range(a.requests)]
+    prompts = [rng.integers(0, model.config.vocab_size, size=a.prompt).tolist() for _ in range(a.requests)]
 
     def requests():
         return [Request(i, p, a.gen, {"temperature": 0.0}, None, []) for i, p in enumerate(prompts)]
