@@ -202,8 +202,8 @@ class Affine:
         codes, bits = self._float_codes()
         xe, xo, xsum = self._buffers(x.shape[0])
         if bits == 4:
-            quant.split_even_odd(x, xe, xo, xsum, self.group_size)
-            quant.affine4_matvec(codes, scales, biases, xe, xo, xsum, out)
+            quant.split_even_odd(x, xe, xo)
+            quant.affine4_matvec(codes, scales, biases, xe, xo, out)
         else:
             quant.group_sums(x, xsum, self.group_size)
             quant.affine8_matvec(codes, scales, biases, x, xsum, out)

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, MAX_B, affine_q8_dot, byte_dot, nibble_dot, nibble_dot_multi, prefetch, quant_block
+from .simd import AFFINE_MAX_B, MAX_B, affine_q8_dot, byte_dot, nibble_dot, prefetch, quant_block
 
 ROWS_PER_TASK = 16
 PREFETCH_ROWS = 4  # 4- and 6-bit rows ask for the codes of the row this far ahead (measured: 3-6 best;
@@ -39,13 +39,12 @@ def group_sums(x, xsum, gs):
 
 
 @njit(**JIT)
-def split_even_odd(x, xe, xo, xsum, gs):
-    # x: (B, K) f32 -> xe, xo: (B, K/2) elements 2j and 2j+1; xsum: (B, K/gs) group sums
+def split_even_odd(x, xe, xo):
+    # x: (B, K) f32 -> xe, xo: (B, K/2) elements 2j and 2j+1 (MLX int4 byte j holds weights 2j, 2j+1)
     for b in range(x.shape[0]):
         for j in range(xe.shape[1]):
             xe[b, j] = x[b, 2 * j]
             xo[b, j] = x[b, 2 * j + 1]
-    group_sums(x, xsum, gs)
 
 
 ORDER_PLAIN, ORDER_MLX4 = 0, 1
@@ -185,22 +184,22 @@ def _bias_term(brow, xsum):
 
 
 @njit(inline="always", **JIT)
-def _nibble_rows(row, hb, xe, xo, srow, n_groups, res, b0, take):
+def _nibble_rows(row, hb, xe, xo, srow, brow, n_groups, res, b0, take):
     # tokens b0..b0+take-1 (take <= MAX_B) against one row; hb (bytes per group) literal or not
     if take == 4:
-        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 4], 0, xo[b0:b0 + 4], 0, hb, srow, n_groups, hb, res, 4)
+        nibble_dot(row, hb, 0, xe, xo, b0, hb, srow, brow, n_groups, hb, res, 4)
     elif take == 3:
-        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 3], 0, xo[b0:b0 + 3], 0, hb, srow, n_groups, hb, res, 3)
+        nibble_dot(row, hb, 0, xe, xo, b0, hb, srow, brow, n_groups, hb, res, 3)
     elif take == 2:
-        nibble_dot_multi(row, hb, 0, xe[b0:b0 + 2], 0, xo[b0:b0 + 2], 0, hb, srow, n_groups, hb, res, 2)
+        nibble_dot(row, hb, 0, xe, xo, b0, hb, srow, brow, n_groups, hb, res, 2)
     else:
-        res[0] = nibble_dot(row, hb, 0, xe[b0], 0, xo[b0], 0, hb, srow, n_groups, hb)
+        nibble_dot(row, hb, 0, xe, xo, b0, hb, srow, brow, n_groups, hb, res, 1)
 
 
 @njit(parallel=True, **JIT)
-def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
+def affine4_matvec(wq, scales, biases, xe, xo, out):
     # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype
-    # xe, xo: (B, K/2) f32 (split_even_odd); xsum: (B, G) f32; out: (B, N) f32
+    # xe, xo: (B, K/2) f32 (split_even_odd); out: (B, N) f32
     n = wq.shape[0]
     n_groups = scales.shape[1]
     hb = wq.shape[1] // n_groups  # bytes per group
@@ -208,19 +207,21 @@ def affine4_matvec(wq, scales, biases, xe, xo, xsum, out):
     n_b = out.shape[0]
     for t in prange(n_tasks):
         srow = np.empty(n_groups, np.float32)
+        brow = np.empty(n_groups, np.float32)
         res = np.empty(MAX_B, np.float32)
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             _scales_f32(scales[r], srow)
+            _scales_f32(biases[r], brow)
             b0 = 0
-            while b0 < n_b:  # each code byte is decoded once for up to MAX_B tokens
+            while b0 < n_b:  # each code byte is decoded (and dequantized) once for up to MAX_B tokens
                 take = min(MAX_B, n_b - b0)
                 row = wq[r]
                 if hb == 16:  # groups of 32 (ggml Q4_0 / Q4_1 blocks): the group's one chunk straight-line
-                    _nibble_rows(row, 16, xe, xo, srow, n_groups, res, b0, take)
+                    _nibble_rows(row, 16, xe, xo, srow, brow, n_groups, res, b0, take)
                 else:
-                    _nibble_rows(row, hb, xe, xo, srow, n_groups, res, b0, take)
+                    _nibble_rows(row, hb, xe, xo, srow, brow, n_groups, res, b0, take)
                 for b in range(b0, b0 + take):
-                    out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
+                    out[b, r] = res[b - b0]
                 b0 += take
 
 

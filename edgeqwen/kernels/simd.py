@@ -85,43 +85,11 @@ def _chunk_count(builder, group_bytes, gb):
     return builder.udiv(gb, ir.Constant(_I64, LANES))
 
 
-def _each_chunk(builder, count, step):
-    """step(c) for each chunk c < count: straight-line for a literal count (groups of one or two
-    chunks: a loop's bookkeeping cost as much as their arithmetic), else a loop."""
-    if isinstance(count, int):
-        for i in range(count):
-            step(ir.Constant(_I64, i))
-        return
-    with cgutils.for_range(builder, count) as loop:
-        step(loop.index)
-
-
-def _group_loop(builder, ng, chunk_count, body, sp, n_acc, tail=None):
-    """for g < ng: partials = 0; for each chunk: body(...) adds into ``n_acc`` partials (independent
-    chains, so FMA latency overlaps), then tail(builder, g, parts) if given; acc[i] += scale[g] *
-    partial[i]. Returns sum. ``chunk_count`` as _each_chunk takes it."""
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
-    parts = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(n_acc)]
-    with cgutils.for_range(builder, ng) as g_loop:
-        g = g_loop.index
-        for part in parts:
-            builder.store(ir.Constant(_VF, None), part)
-        _each_chunk(builder, chunk_count, lambda c: body(builder, g, c, parts))
-        if tail is not None:
-            tail(builder, g, parts)
-        s = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
-        for acc, part in zip(accs, parts):
-            builder.store(_fma(builder, s, builder.load(part), builder.load(acc)), acc)
-    total = builder.load(accs[0])
-    for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc))
-    return _hsum(builder, total)
-
-
 def _multi_group_loop(builder, ng, nb, sp, rp, emit_group):
-    """_group_loop for ``nb`` activation rows at once: for g < ng, emit_group(g, parts) adds each row's
-    chunks into its two partials parts[b] (zeroed per group), then acc[b][i] += scale[g] * parts[b][i];
-    rp[b] = the fixed tree of acc[b][0] + acc[b][1]. Per row the same operations as one row alone."""
+    """The group loop of ``nb`` activation rows at once: for g < ng, emit_group(g, parts) adds each row's
+    chunks into its two partials parts[b] (zeroed per group: independent chains, so FMA latency
+    overlaps), then acc[b][i] += scale[g] * parts[b][i]; rp[b] = the fixed tree of acc[b][0] +
+    acc[b][1]. Per row the same operations as one row alone."""
     zero = ir.Constant(_VF, None)
     parts = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(nb)]
@@ -157,45 +125,7 @@ def _fma_into(builder, part, a, b):
     builder.store(_fma(builder, a, b, builder.load(part)), part)
 
 
-@intrinsic
-def nibble_dot(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes):
-    """sum_g scales[g] * sum_j (lo(b_gj) * xl[xl_off + g*x_stride + j] + hi(b_gj) * xh[xh_off + ...]).
-
-    b_gj = codes[g * c_stride + c_off + j] for j < group_bytes (a multiple of 16); lo/hi are the
-    byte's low and high nibbles. MLX int4 rows: xl, xh = the even / odd activations. ggml Q4 blocks:
-    xl = xh = x with offsets 0 / 16 and the block header skipped by c_off. A literal group_bytes
-    emits each group's chunks straight-line (_each_chunk).
-    """
-    _check_array(codes, types.uint8, "codes")
-    for a in (xl, xh, scales):
-        _check_array(a, types.float32, "activations and scales")
-    sig = types.float32(codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        cp = _ptr(context, builder, at[0], args[0])
-        xlp = _ptr(context, builder, at[3], args[3])
-        xhp = _ptr(context, builder, at[5], args[5])
-        sp = _ptr(context, builder, at[8], args[8])
-        cs, co, xlo, xho, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7, 9, 10))
-        fifteen = ir.Constant(_VI32, [15] * LANES)
-        four = ir.Constant(_VI32, [4] * LANES)
-
-        def body(b, g, c, parts):
-            step = b.mul(c, ir.Constant(_I64, LANES))
-            raw = _load_vec(b, cp, b.add(b.add(b.mul(g, cs), co), step), _VI8, 1)
-            wide = b.zext(raw, _VI32)
-            xoff = b.add(b.mul(g, xs), step)
-            # low and high nibbles feed separate accumulators: two independent FMA chains
-            _fma_into(b, parts[0], b.uitofp(b.and_(wide, fifteen), _VF), _load_vec(b, xlp, b.add(xlo, xoff), _VF, 4))
-            _fma_into(b, parts[1], b.uitofp(b.lshr(wide, four), _VF), _load_vec(b, xhp, b.add(xho, xoff), _VF, 4))
-
-        return _group_loop(builder, ng, _chunk_count(builder, group_bytes, gb), body, sp, 2)
-
-    return sig, codegen
-
-
-MAX_B = 4  # activation rows per call of nibble_dot_multi and byte_dot (accumulators stay in registers)
+MAX_B = 4  # activation rows per call of nibble_dot and byte_dot (accumulators stay in registers)
 BYTE_KINDS = {"u8": 0, "i8": 1, "e4m3": 2}
 
 
@@ -264,56 +194,78 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, b0, x_stride, scales, n_group
 
 
 @intrinsic
-def nibble_dot_multi(typingctx, codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups,
-                     group_bytes, res, n_rows):
-    """nibble_dot for ``n_rows`` (a literal 2..4) activation rows at once: each 16-byte chunk of codes
-    is decoded once and used for every row of xl/xh (n_rows, ...); res[:n_rows] receives the dots.
-    Per row, the operations and their order are exactly nibble_dot's (explicit FMAs, the same final
-    sum), so a sequence's numbers do not depend on its batch."""
+def nibble_dot(typingctx, codes, c_stride, c_off, xl, xh, b0, x_stride, scales, biases, n_groups, group_bytes, res,
+               n_rows):
+    """Dots of one 4-bit affine row with ``n_rows`` (a literal 1..MAX_B) activation rows from b0:
+    res[b] = sum_g sum_j (w(lo(b_gj)) * xl[b0 + b, g*x_stride + j] + w(hi(b_gj)) * xh[b0 + b, ...]),
+    w(q) = fma(q, scales[g], biases[g]) -- the dequantized weight in float32, made once per chunk for
+    every row. b_gj = codes[g * c_stride + c_off + j] for j < group_bytes (a multiple of 16); lo / hi
+    are the byte's low and high nibbles; MLX int4 rows: xl, xh (2-D) = the even / odd activations.
+    Per row four FMA chains (low and high nibbles of even and odd chunks of a group, so a chain
+    grows by one FMA per group at 64 weights) and a fixed tree, whatever n_rows: a sequence's
+    numbers do not depend on its batch. A literal group_bytes emits each group's chunks
+    straight-line."""
     _check_array(codes, types.uint8, "codes")
     _check_array(scales, types.float32, "scales")
+    _check_array(biases, types.float32, "biases")
     _check_array(res, types.float32, "res")
     for a in (xl, xh):
         _check_array(a, types.float32, "xl, xh", 2)
     _literals(((n_rows, range(1, MAX_B + 1), "n_rows"),))
     nb = n_rows.literal_value
-    sig = types.none(codes, c_stride, c_off, xl, xl_off, xh, xh_off, x_stride, scales, n_groups, group_bytes, res,
+    sig = types.none(codes, c_stride, c_off, xl, xh, b0, x_stride, scales, biases, n_groups, group_bytes, res,
                      n_rows)
 
     def codegen(context, builder, signature, args):
         at = signature.args
         cp = _ptr(context, builder, at[0], args[0])
         xla = context.make_array(at[3])(context, builder, value=args[3])
-        xha = context.make_array(at[5])(context, builder, value=args[5])
-        sp = _ptr(context, builder, at[8], args[8])
-        rp = _ptr(context, builder, at[11], args[11])
-        cs, co, xlo, xho, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 4, 6, 7, 9, 10))
+        xha = context.make_array(at[4])(context, builder, value=args[4])
+        sp, bp, rp = (_ptr(context, builder, at[i], args[i]) for i in (7, 8, 11))
+        cs, co, first, xs, ng, gb = (_i64(context, builder, args[i], at[i]) for i in (1, 2, 5, 6, 9, 10))
         row_l = cgutils.unpack_tuple(builder, xla.shape, 2)[1]
         row_h = cgutils.unpack_tuple(builder, xha.shape, 2)[1]
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
         fifteen = ir.Constant(_VI32, [15] * LANES)
         four = ir.Constant(_VI32, [4] * LANES)
         chunks = _chunk_count(builder, group_bytes, gb)
+        zero = ir.Constant(_VF, None)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(nb)]
+        xl_rows = [builder.mul(builder.add(first, c(b)), row_l) for b in range(nb)]
+        xh_rows = [builder.mul(builder.add(first, c(b)), row_h) for b in range(nb)]
+        with cgutils.for_range(builder, ng) as g_loop:
+            g = g_loop.index
+            sv = _splat(builder, builder.load(builder.gep(sp, [g])), _VF)
+            bv = _splat(builder, builder.load(builder.gep(bp, [g])), _VF)
 
-        def group(g, parts):
-            def chunk(c):
-                step = builder.mul(c, ir.Constant(_I64, LANES))
+            def chunk(ci, half):
+                # chunk ci of group g into accumulators 2*half (low nibbles) and 2*half + 1 (high)
+                step = builder.mul(ci, c(LANES))
                 raw = _load_vec(builder, cp, builder.add(builder.add(builder.mul(g, cs), co), step), _VI8, 1)
                 wide = builder.zext(raw, _VI32)
-                lo = builder.uitofp(builder.and_(wide, fifteen), _VF)
-                hi = builder.uitofp(builder.lshr(wide, four), _VF)
+                lo = _fma(builder, builder.uitofp(builder.and_(wide, fifteen), _VF), sv, bv)
+                hi = _fma(builder, builder.uitofp(builder.lshr(wide, four), _VF), sv, bv)
                 xoff = builder.add(builder.mul(g, xs), step)
                 for b in range(nb):
-                    bb = ir.Constant(_I64, b)
-                    vl = _load_vec(builder, xla.data, builder.add(builder.mul(bb, row_l), builder.add(xlo, xoff)),
-                                   _VF, 4)
-                    vh = _load_vec(builder, xha.data, builder.add(builder.mul(bb, row_h), builder.add(xho, xoff)),
-                                   _VF, 4)
-                    _fma_into(builder, parts[b][0], lo, vl)
-                    _fma_into(builder, parts[b][1], hi, vh)
+                    xl_b = _load_vec(builder, xla.data, builder.add(xl_rows[b], xoff), _VF, 4)
+                    xh_b = _load_vec(builder, xha.data, builder.add(xh_rows[b], xoff), _VF, 4)
+                    _fma_into(builder, accs[b][2 * half], lo, xl_b)
+                    _fma_into(builder, accs[b][2 * half + 1], hi, xh_b)
 
-            _each_chunk(builder, chunks, chunk)
-
-        _multi_group_loop(builder, ng, nb, sp, rp, group)
+            if isinstance(chunks, int):  # a literal group size: straight-line, chunks alternating
+                for i in range(chunks):
+                    chunk(c(i), i % 2)
+            else:  # chunks in pairs, the second of each pair into its own accumulators; a last one alone
+                with cgutils.for_range(builder, builder.udiv(chunks, c(2))) as pair:
+                    c0 = builder.mul(pair.index, c(2))
+                    chunk(c0, 0)
+                    chunk(builder.add(c0, c(1)), 1)
+                with builder.if_then(builder.icmp_unsigned("!=", builder.urem(chunks, c(2)), c(0))):
+                    chunk(builder.sub(chunks, c(1)), 0)
+        for b in range(nb):
+            a = [builder.load(x) for x in accs[b]]
+            total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+            builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
         return context.get_dummy_value()
 
     return sig, codegen
