@@ -259,15 +259,14 @@ def affine4_matmul(wq, scales, biases, x, out):
 
 
 @njit(inline="always", **JIT)
-def _byte_tokens(row, gb, x, srow, n_groups, kind, res, b0):
-    # simd.byte_dot of one row (groups of gb bytes, contiguous) with the min(MAX_B, B - b0) tokens
-    # from b0 into res; each code chunk is decoded once for all of them
-    left = x.shape[0] - b0
-    if left >= 4:
+def _byte_tokens(row, gb, x, srow, n_groups, kind, res, b0, take):
+    # simd.byte_dot of one row (groups of gb bytes, contiguous) with tokens b0..b0+take-1 (take <=
+    # MAX_B) into res; each code chunk is decoded once for all of them
+    if take == 4:
         byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 4)
-    elif left == 3:
+    elif take == 3:
         byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 3)
-    elif left == 2:
+    elif take == 2:
         byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 2)
     else:
         byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 1)
@@ -290,7 +289,7 @@ def affine8_matvec(wq, scales, biases, x, xsum, out):
             take = min(MAX_B, out.shape[0] - b0)
             for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
                 _scales_f32(scales[r], srow)
-                _byte_tokens(wq[r], gs, x, srow, n_groups, "u8", res, b0)
+                _byte_tokens(wq[r], gs, x, srow, n_groups, "u8", res, b0, take)
                 for b in range(b0, b0 + take):
                     out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
             b0 += take
@@ -354,7 +353,7 @@ def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
                 row = wq[r]
                 for c in range(srow.shape[0]):
                     srow[c] = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
-                _byte_tokens(row, block_k, x, srow, n_full, "e4m3", res, b0)
+                _byte_tokens(row, block_k, x, srow, n_full, "e4m3", res, b0, take)
                 for b in range(b0, b0 + take):
                     acc = res[b - b0]
                     if n_full < srow.shape[0]:
