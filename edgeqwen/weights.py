@@ -171,9 +171,11 @@ class Affine:
         bufs = self._prep.get(b)
         if bufs is None:
             k = self.shape[1]
-            xsum = np.empty((b, k // self.group_size), np.float32)  # (B, G) group sums of x
-            half = (b, k // 2) if self.bits == 4 else (0, 0)
-            # (B, K/2) x[:, 0::2] and x[:, 1::2] for the nibble kernels
+            four = self.bits == 4
+            # (B, K/2) x[:, 0::2] and x[:, 1::2] for the nibble kernels; (B, G) group sums of x for the
+            # byte kernels (the nibble kernels take the biases into the dequantized weights)
+            half = (b, k // 2) if four else (0, 0)
+            xsum = np.empty((0, 0) if four else (b, k // self.group_size), np.float32)
             bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
         return bufs
 
