@@ -32,6 +32,15 @@ def padded_matmul(kernel, x: np.ndarray, out: np.ndarray) -> None:
     out[:] = op[:t]
 
 
+def aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """np.empty whose data starts on an ``align``-byte boundary (whole-cache-line vector loads)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 def activation_buffers(cache: dict, b: int, k: int):
     """Buffers for x (B, K) rounded to int8 (kernels.quant.quantize_act): (B, K) int8 codes,
     (B, NB8) block scales and (B, 2 NB8) scaled sums (of each block, or of each 16 for 6-bit
@@ -40,8 +49,8 @@ def activation_buffers(cache: dict, b: int, k: int):
     bufs = cache.get("rows")
     if bufs is None or bufs[0].shape[0] < b:
         nb8 = -(-k // 256) * 8
-        bufs = cache["rows"] = (np.empty((b, k), np.int8), np.empty((b, nb8), np.float32),
-                                np.empty((b, 2 * nb8), np.float32))
+        bufs = cache["rows"] = (aligned_empty((b, k), np.int8), aligned_empty((b, nb8), np.float32),
+                                aligned_empty((b, 2 * nb8), np.float32))
     return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
@@ -123,6 +132,11 @@ class Affine:
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
         self._float = None  # (scales, biases) for the float kernels, made on first use
         self._codes8 = None  # 6-bit codes widened to bytes for the float kernels, made on first use
+        # 4-bit rows with float scales decode (and prefill) from a copy in the lane layout (one
+        # 32-bit lane per block: simd.lane_dot), made with the first int8-activation product
+        self.lanes = (bits == 4 and supers is None and offset in (0, 8) and group_size in (32, 64, 128)
+                      and scales.dtype in (np.uint16, np.int16, np.float32))
+        self._lane_args = None
 
     def _compact(self) -> bool:
         return self.offset > 0 or self.supers is not None
@@ -184,12 +198,34 @@ class Affine:
         if not (self.int8_activations and self._q8_kernel):
             return None
         return (self.bits, self.group_size, self.shape[1], self.scales.dtype, self.offset, self.supers is None,
-                None if self.biases is None else self.biases.dtype)
+                None if self.biases is None else self.biases.dtype, self.lanes)
 
     def _q8_args(self):
         """(wq, scales, biases, supers) as the int8-activation kernel takes them (unread ones stand in)."""
-        supers = self.supers if self.supers is not None else np.empty((self.shape[0], 0), np.float32)
+        supers = np.empty((self.shape[0], 0), np.float32)
+        if self.lanes:
+            if self._lane_args is None:
+                self._lane_args = self._to_lanes() + (supers,)
+            return self._lane_args
+        if self.supers is not None:
+            supers = self.supers
         return self.wq, self.scales, self.scales if self.biases is None else self.biases, supers
+
+    def _to_lanes(self):
+        """(codes, scales, biases) in the lane layout: (N, P*256) codes, P panels of 16 blocks of 32;
+        scales and biases zero-padded to whole panels (anonymous memory: the K/2 code bytes per row,
+        and the scales again, copied once)."""
+        n, k = self.shape
+        panels = -(-k // (32 * quant.LANE_PANEL))
+        codes = aligned_empty((n, panels * 256), np.uint8)
+        quant.to_lanes(self.wq, codes)
+        g = panels * quant.LANE_PANEL * 32 // self.group_size
+        padded = []
+        for a in (self.scales, self.scales if self.biases is None else self.biases):
+            p = np.zeros((n, g), a.dtype)
+            p[:, :a.shape[1]] = a
+            padded.append(p)
+        return (codes, *padded)
 
     def _own_group(self) -> MatvecGroup:
         if self._group is None:
@@ -249,11 +285,12 @@ class MatvecGroup:
         self.fused = key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:])
         if self.fused:
             w0 = ws[0]
-            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset),
-                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True))
+            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes),
+                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True, w0.lanes))
             self._args = tuple(zip(*(w._q8_args() for w in ws)))  # (wqs, scales, biases, supers)
             self._bufs: dict = {}
-            self._k = w0.shape[1]
+            # activation codes per token: K, or whole panels of the lane layout
+            self._k = -(-w0.shape[1] // 512) * 512 if w0.lanes else w0.shape[1]
 
     def _runs_fused(self) -> bool:
         return self.fused and all(w.int8_activations for w in self.ws)

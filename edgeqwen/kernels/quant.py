@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, MAX_B, affine_q8_dot, byte_dot, nibble_dot, prefetch, quant_block
+from .simd import AFFINE_MAX_B, LANE_PANEL, MAX_B, affine_q8_dot, byte_dot, lane_dot, nibble_dot, prefetch, quant_block
 
 ROWS_PER_TASK = 16
 PREFETCH_ROWS = 4  # 4- and 6-bit rows ask for the codes of the row this far ahead (measured: 3-6 best;
@@ -47,7 +47,7 @@ def split_even_odd(x, xe, xo):
             xo[b, j] = x[b, 2 * j + 1]
 
 
-ORDER_PLAIN, ORDER_MLX4 = 0, 1
+ORDER_PLAIN, ORDER_MLX4, ORDER_LANES = 0, 1, 2
 
 
 @njit(**JIT)
@@ -57,14 +57,17 @@ def quantize_act(x, xq, dx, xs, order):
     # and d * sum(q), zero past the K/32 blocks (simd.affine_q8_dot reads whole octets of blocks).
     # order: ORDER_PLAIN in order; ORDER_MLX4 per quad of blocks the partners of the low nibbles of
     # the four blocks, then of the high nibbles, a last pair the same way (MLX int4 byte j holds
-    # elements 2j, 2j+1)
+    # elements 2j, 2j+1); ORDER_LANES the lane layout of simd.lane_dot, xq (B, P*512) with P whole
+    # panels of 16 blocks, the padding blocks' codes zero
     nb = x.shape[1] // 32
     quads = nb // 4 * 4 if order == ORDER_MLX4 else 0
     for b in range(x.shape[0]):
         xr = x[b]
         qr = xq[b]
         for g in range(nb):
-            if g < quads:  # four blocks' low-nibble partners, then their high ones
+            if order == ORDER_LANES:
+                amax, total = quant_block(xr, 32 * g, qr, 512 * (g // LANE_PANEL) + 4 * (g % LANE_PANEL), 0, 2)
+            elif g < quads:  # four blocks' low-nibble partners, then their high ones
                 base = 128 * (g // 4) + 16 * (g % 4)
                 amax, total = quant_block(xr, 32 * g, qr, base, base + 64, 1)
             elif order == ORDER_MLX4:  # a last pair
@@ -77,6 +80,35 @@ def quantize_act(x, xq, dx, xs, order):
         for g in range(nb, dx.shape[1]):
             dx[b, g] = 0.0
             xs[b, g] = 0.0
+        if order == ORDER_LANES:
+            for g in range(nb, xq.shape[1] // 32):
+                base = 512 * (g // LANE_PANEL) + 4 * (g % LANE_PANEL)
+                for s in range(4):
+                    for i in range(4):
+                        qr[base + 128 * s + i] = 0
+                        qr[base + 128 * s + 64 + i] = 0
+
+
+@njit(parallel=True, **JIT)
+def to_lanes(wq, out):
+    # wq (N, K/2) u8 MLX 4-bit rows -> out (N, P*256) u8 in simd.lane_dot's lane layout (P = whole
+    # panels of 16 blocks of 32; the padding blocks' bytes zero)
+    nb = wq.shape[1] // 16
+    for r in prange(wq.shape[0]):
+        row = wq[r]
+        o = out[r]
+        for j in range(nb, o.shape[0] // 16):
+            for s in range(4):
+                for i in range(4):
+                    o[256 * (j // LANE_PANEL) + 64 * s + 4 * (j % LANE_PANEL) + i] = 0
+        for j in range(nb):
+            base = 256 * (j // LANE_PANEL) + 4 * (j % LANE_PANEL)
+            for s in range(4):
+                for i in range(4):
+                    e = 32 * j + 8 * s + i  # low nibble: element e, high nibble: element e + 4
+                    lo = (row[e >> 1] >> (4 * (e & 1))) & 15
+                    hi = (row[(e + 4) >> 1] >> (4 * (e & 1))) & 15
+                    o[base + 64 * s + i] = lo | (hi << 4)
 
 
 @njit(**JIT)
@@ -107,8 +139,20 @@ def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bit
             out[b, r] = res[b - b0]
 
 
+@njit(inline="always", **JIT)
+def _lane_rows(wq, sc, bi, xq, dx, xs, n_p, res, out, r0, r1, b0, take, per, offset):
+    # _affine_rows for rows in the lane layout (simd.lane_dot)
+    e = b0 + take
+    for r in range(r0, r1):
+        if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
+            prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+        lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, n_p, res, take, per, offset)
+        for b in range(b0, e):
+            out[b, r] = res[b - b0]
+
+
 @lru_cache(maxsize=None)
-def affine_matvec_q8(bits, per, offset=0, batched=False):
+def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
     blocks of 32 per group (0: Q6_K's 16-weight groups) and codes ``offset`` (simd.affine_q8_dot):
     kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs), each of wqs, scales, biases, supers,
@@ -116,9 +160,11 @@ def affine_matvec_q8(bits, per, offset=0, batched=False):
     parallel loop after x is rounded to int8 into the buffers xq, dx, xs. Compiled per (bits, per, offset):
     the group-scale loads and code unpacking are constants of the generated code. ``batched=False``
     is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
-    a separate compile, made only when several sequences decode together."""
+    a separate compile, made only when several sequences decode together. ``lanes``: 4-bit rows
+    repacked by to_lanes (scales and biases padded to whole panels), run by simd.lane_dot; xq then
+    holds (B, P*512) codes and dx, xs at least P*16 blocks."""
 
-    order = ORDER_PLAIN if bits == 8 else ORDER_MLX4  # 6-bit codes keep their nibbles in the 4-bit layout
+    order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
 
     @njit(parallel=True, **JIT)
     def kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs):
@@ -129,7 +175,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False):
         quantize_act(x, xq, dx, xs, order)
         if bits == 6:
             sums16(xq, dx, xs)
-        nb = xq.shape[1] // 32
+        nb = xq.shape[1] // (512 if lanes else 32)  # panels or blocks
         n_b = xq.shape[0] if batched else 1
         n_mats = len(wqs)
         first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
@@ -143,24 +189,34 @@ def affine_matvec_q8(bits, per, offset=0, batched=False):
             res = np.empty(AFFINE_MAX_B, np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
-            if not batched:  # a compile-time constant: one copy of the row code per kernel
-                _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
+            if not batched:  # compile-time constants: one copy of the row code per kernel
+                if lanes:
+                    _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, 0, 1, per, offset)
+                else:
+                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
-                if left >= 8:
+                take = 8 if left >= 8 else 4 if left >= 4 else 2 if left >= 2 else 1
+                if lanes:
+                    if take == 8:
+                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 8, per, offset)
+                    elif take == 4:
+                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 4, per, offset)
+                    elif take == 2:
+                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 2, per, offset)
+                    else:
+                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 1, per, offset)
+                elif take == 8:
                     _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset)
-                    b0 += 8
-                elif left >= 4:
+                elif take == 4:
                     _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset)
-                    b0 += 4
-                elif left >= 2:
+                elif take == 2:
                     _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset)
-                    b0 += 2
                 else:
                     _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset)
-                    b0 += 1
+                b0 += take
 
     return kernel
 

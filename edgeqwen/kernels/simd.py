@@ -651,15 +651,107 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
     return sig, codegen
 
 
+LANE_PANEL = 16  # blocks of 32 weights per panel of the lane layout (one 32-bit lane each)
+
+
+@intrinsic
+def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_rows, per, offset):
+    """Dots of one 4-bit row in the lane layout with the ``n_rows`` (literal 1..8) int8-quantized
+    activation rows from b0 on: res[b] = sum over blocks j of 32 weights (scale_j * dx[b0 + b, j] *
+    idot_j + bias_j * xs[b0 + b, j]).
+
+    Lane layout (quant.to_lanes): the row is cut into panels of 16 blocks; panel p is 256 bytes, four
+    64-byte units, and byte 4l + i of unit s holds the codes of block 16p + l at 8s + i (low nibble)
+    and 8s + 4 + i (high nibble). So one 32-bit lane of every unit belongs to one block, and a
+    panel's eight vpdpbusd leave each block's integer dot in its own lane: no shuffles, one
+    conversion and two FMAs per panel and token. The activations come in the same order
+    (quant_block layout 2: per panel 512 bytes, per unit the 64 partners of the low nibbles, then
+    the 64 of the high ones); dx, xs per block (zero for padding blocks). Scales and biases (stored
+    dtype: uint16 bf16, int16 f16 or f32) hold one value per group of ``per`` (literal 1, 2, 4)
+    blocks, padded to whole panels; ``offset`` (literal 0 or 8): when 8 every bias is -8 x its scale
+    and biases are not read (Q4_0). Each token's arithmetic is the same whatever n_rows is."""
+    _check_array(codes, types.uint8, "codes")
+    _check_array(res, types.float32, "res")
+    plain = (types.uint16, types.int16, types.float32)
+    for a in (scales, biases):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in plain):
+            raise TypingError(f"scales, biases must be C-contiguous 1-D arrays of {plain}, got {a}")
+    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
+        _check_array(a, dt, "activations", 2)
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset")))
+    nb, gper, code_offset = n_rows.literal_value, per.literal_value, offset.literal_value
+    sdt, bdt = scales.dtype, biases.dtype
+    sig = types.none(codes, scales, biases, x, dx, xs, b0, n_panels, res, n_rows, per, offset)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        cp = _ptr(context, builder, at[0], args[0])
+        sp = _ptr(context, builder, at[1], args[1])
+        bp = _ptr(context, builder, at[2], args[2])
+        xa = context.make_array(at[3])(context, builder, value=args[3])
+        dxa = context.make_array(at[4])(context, builder, value=args[4])
+        xsa = context.make_array(at[5])(context, builder, value=args[5])
+        first = _i64(context, builder, args[6], at[6])
+        n_p = _i64(context, builder, args[7], at[7])
+        rp = _ptr(context, builder, at[8], args[8])
+        row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
+        row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
+        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+        zero16 = ir.Constant(_VI32x16, None)
+        fifteen = ir.Constant(_VI8x64, [15] * 64)
+        four = ir.Constant(_VI8x64, [4] * 64)
+        facc = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
+        n_g = LANE_PANEL // gper
+        spread = ir.Constant(_VI32x16, [lane // gper for lane in range(LANE_PANEL)])
+
+        def group_vec(ptr, p, dtype):
+            v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.mul(p, c(n_g)),
+                                                  ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
+            return v if gper == 1 else builder.shuffle_vector(v, v, spread)
+
+        with cgutils.for_range(builder, n_p) as loop:
+            p = loop.index
+            units = []
+            for s in range(4):
+                raw = _load_vec(builder, cp, builder.add(builder.mul(p, c(256)), c(64 * s)), _VI8x64, 1)
+                units.append((builder.and_(raw, fifteen), builder.and_(builder.lshr(raw, four), fifteen)))
+            sc = group_vec(sp, p, sdt)
+            if code_offset:
+                bi = builder.fmul(sc, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF))
+            else:
+                bi = group_vec(bp, p, bdt)
+            for b in range(nb):
+                tok = builder.add(first, c(b))
+                xoff = builder.add(builder.mul(tok, row_x), builder.mul(p, c(512)))
+                chains = [zero16, zero16] if nb <= 2 else [zero16]  # integer sums: exact in any order
+                for s, (lo, hi) in enumerate(units):
+                    xl = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s)), _VI8x64, 1)
+                    xh = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s + 64)), _VI8x64, 1)
+                    chains[0] = _dot4_64(builder, chains[0], lo, xl)
+                    chains[-1] = _dot4_64(builder, chains[-1], hi, xh)
+                idot = chains[0] if len(chains) == 1 else builder.add(chains[0], chains[1])
+                d16 = _load_vec(builder, dxa.data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
+                s16 = _load_vec(builder, xsa.data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
+                acc = _fma(builder, builder.sitofp(idot, _VF), builder.fmul(sc, d16), builder.load(facc[b]))
+                builder.store(_fma(builder, bi, s16, acc), facc[b])
+        for b in range(nb):
+            builder.store(_hsum(builder, builder.load(facc[b])), builder.gep(rp, [c(b)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @intrinsic
 def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
     """Round the 32 activations x[x_off:x_off+32] to int8 codes round(x * 127 / max|x|) (0 when all
     are 0; ties to even, like np.rint) and store them in q by ``layout`` (literal): 0 all 32 in order
-    at lo_off; 1 the even-indexed 16 at lo_off, the odd at hi_off (MLX nibble partners). Returns
-    (max|x|, sum of the codes)."""
+    at lo_off; 1 the even-indexed 16 at lo_off, the odd at hi_off (MLX nibble partners); 2 the
+    partners of a block in the lane layout (lane_dot): codes 8s..8s+3 at lo_off + 128s, 8s+4..8s+7
+    at lo_off + 128s + 64 for s = 0..3 (hi_off unused). Returns (max|x|, sum of the codes)."""
     _check_array(x, types.float32, "x")
     _check_array(q, types.int8, "q")
-    _literals(((layout, (0, 1), "layout"),))
+    _literals(((layout, (0, 1, 2), "layout"),))
     mode = layout.literal_value
     sig = types.UniTuple(types.float32, 2)(x, x_off, q, lo_off, hi_off, layout)
 
@@ -681,6 +773,11 @@ def quant_block(typingctx, x, x_off, q, lo_off, hi_off, layout):
         q8 = builder.trunc(codes, ir.VectorType(ir.IntType(8), 32))
         if mode == 0:
             builder.store(q8, builder.bitcast(builder.gep(qp, [lo]), q8.type.as_pointer()), align=1)
+        elif mode == 2:
+            for i in range(8):  # four codes a piece: lane layout
+                four = builder.shuffle_vector(q8, q8, ir.Constant(ir.VectorType(_I32, 4), list(range(4 * i, 4 * i + 4))))
+                off = builder.add(lo, ir.Constant(_I64, 128 * (i // 2) + 64 * (i % 2)))
+                builder.store(four, builder.bitcast(builder.gep(qp, [off]), four.type.as_pointer()), align=1)
         else:
             for off, idx in zip((lo, hi), (range(0, 32, 2), range(1, 32, 2))):
                 half = builder.shuffle_vector(q8, q8, ir.Constant(ir.VectorType(_I32, 16), list(idx)))
