@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import EdgeQwenError
 from .kernels import gguf_blocks, linear, ops, quant
-from .storage import TensorStore
+from .storage import TensorStore, release_pages
 from .storage.safetensors import to_float32
 
 DENSE_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
@@ -114,7 +114,7 @@ class Affine:
 
     def __init__(self, wq: np.ndarray, scales: np.ndarray, biases: np.ndarray | None, bits: int, group_size: int,
                  kind: str = "", offset: int = 0, supers: np.ndarray | None = None):
-        self.wq = wq  # (N, K * bits / 8) uint8: the uint32 words as little-endian bytes
+        self._wq = wq  # (N, K * bits / 8) uint8: the uint32 words as little-endian bytes (the wq property)
         self.scales = scales  # (N, K / group_size) stored dtype, or u8 / i8 multiples of supers
         self.biases = biases  # (N, K / group_size) like scales, None when offset > 0
         self.offset = offset
@@ -137,6 +137,22 @@ class Affine:
         self.lanes = (bits == 4 and supers is None and offset in (0, 8) and group_size in (32, 64, 128)
                       and scales.dtype in (np.uint16, np.int16, np.float32))
         self._lane_args = None
+
+    @property
+    def wq(self) -> np.ndarray:
+        """The codes in the MLX layout; rebuilt from the lane copy (and kept) if it replaced them."""
+        if self._wq is None:
+            self._wq = self._codes_of(np.arange(self.shape[0]))
+        return self._wq
+
+    def _codes_of(self, rows) -> np.ndarray:
+        """MLX-layout codes of some rows, from the lane copy when it replaced them."""
+        if self._wq is not None:
+            return self._wq[rows]
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.shape[1] * self.bits // 8), np.uint8)
+        quant.from_lanes(self._lane_args[0], rows, out)
+        return out
 
     def _compact(self) -> bool:
         return self.offset > 0 or self.supers is not None
@@ -171,7 +187,7 @@ class Affine:
         """(codes, bits) of ``rows`` (default all) for the float kernels: 6-bit codes widened to bytes
         (all rows cached), others as stored."""
         if self.bits != 6:
-            return (self.wq if rows is None else self.wq[rows]), self.bits
+            return (self.wq if rows is None else self._codes_of(rows)), self.bits
         if rows is not None:
             codes = np.empty((len(rows), self.shape[1]), np.uint8)
             gguf_blocks.q6_codes(self.wq, np.asarray(rows, np.int64), codes)
@@ -206,6 +222,10 @@ class Affine:
         if self.lanes:
             if self._lane_args is None:
                 self._lane_args = self._to_lanes() + (supers,)
+                # the MLX-layout codes are read again only by the float kernels and embedding rows:
+                # a file's pages leave this process, a copy (GGUF rewritten at load) is freed
+                if not release_pages(self._wq):
+                    self._wq = None
             return self._lane_args
         if self.supers is not None:
             supers = self.supers
@@ -257,7 +277,11 @@ class Affine:
 
     def embed(self, ids: np.ndarray, out: np.ndarray) -> None:
         if not self._compact():
-            quant.affine_embed(self.wq, self.scales, self.biases, self.bits, ids, out)
+            if self._wq is None:  # only the rows asked for, from the lane copy
+                quant.affine_embed(self._codes_of(ids), self.scales[ids], self.biases[ids], self.bits,
+                                   np.arange(len(ids)), out)
+            else:
+                quant.affine_embed(self._wq, self.scales, self.biases, self.bits, ids, out)
             return
         codes, bits = self._float_codes(ids)  # only the rows asked for
         quant.affine_embed(codes, *self._float_params(ids), bits, np.arange(len(ids)), out)

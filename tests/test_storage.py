@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeqwen.errors import EdgeQwenError
-from edgeqwen.storage import SafetensorsFile, open_safetensors_dir
+from edgeqwen.storage import SafetensorsFile, open_safetensors_dir, release_pages
 from edgeqwen.storage.safetensors import write_safetensors
 
 
@@ -33,6 +33,16 @@ def test_round_trip_is_a_view_not_a_copy(tmp_path):
     np.testing.assert_array_equal(st.get("b"), b)
     assert st.get("b").dtype == np.uint16 and st.dtype("b") == "BF16"
     assert not got.flags.owndata and not got.flags.writeable
+
+
+def test_release_pages_only_of_mapped_arrays(tmp_path):
+    big = np.arange(5 * 4096, dtype=np.float32).reshape(5, 4096)  # pages a madvise can drop
+    write_safetensors(tmp_path / "m.safetensors", [("w", "F32", big.shape)], {"w": big}.__getitem__)
+    got = SafetensorsFile(tmp_path / "m.safetensors").get("w")
+    assert got.sum() == big.sum()
+    assert release_pages(got)  # file-backed: its pages leave the process and fault back in
+    np.testing.assert_array_equal(got, big)
+    assert not release_pages(big)  # a copy in memory: nothing to release
 
 
 def test_reads_files_written_by_the_safetensors_package(tmp_path):

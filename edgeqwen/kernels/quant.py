@@ -139,6 +139,23 @@ def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bit
             out[b, r] = res[b - b0]
 
 
+@njit(**JIT)
+def from_lanes(lanes, rows, out):
+    # the inverse of to_lanes for some rows: lanes (N, P*256) u8, rows (R,) i64 -> out (R, K/2) u8 MLX bytes
+    nb = out.shape[1] // 16
+    for i in range(rows.shape[0]):
+        src = lanes[rows[i]]
+        o = out[i]
+        for j in range(nb):
+            base = 256 * (j // LANE_PANEL) + 4 * (j % LANE_PANEL)
+            for s in range(4):
+                for k in range(0, 4, 2):  # elements e, e+1 (low nibbles) and e+4, e+5 (high ones)
+                    a = src[base + 64 * s + k]
+                    b = src[base + 64 * s + k + 1]
+                    o[16 * j + 4 * s + k // 2] = (a & 15) | ((b & 15) << 4)
+                    o[16 * j + 4 * s + 2 + k // 2] = (a >> 4) | (b & 240)
+
+
 @njit(inline="always", **JIT)
 def _lane_rows(wq, sc, bi, xq, dx, xs, n_p, res, out, r0, r1, b0, take, per, offset):
     # _affine_rows for rows in the lane layout (simd.lane_dot)
