@@ -123,6 +123,7 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
         quantized = any(not isinstance(w, Dense) for w in model.matrices())
         kv_cache = "f16" if quantized else "f32"
     model.kv_dtype = kv_cache
+    model.prepare()
     return model
 
 
