@@ -219,6 +219,18 @@ def _merge(part_o, part_ml, n_tasks, out):
             out[h, j] *= inv
 
 
+@njit(inline="always", **JIT)
+def _decode_task(q, k_cache, v_cache, layer, slots, positions, part_o, part_ml, first, spans, bt):
+    b = 0
+    while bt >= first[b + 1]:
+        b += 1
+    task = bt - first[b]
+    s = np.empty((q.shape[1], SPLIT), np.float32)
+    sl = slots[b]
+    _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], positions[b] + 1, task, spans[b], s,
+               part_o[b, task], part_ml[b, task])
+
+
 @njit(parallel=True, **JIT)
 def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_ml, out):
     # decode attention of B sequences (one token each; a single sequence is B = 1 over its cache
@@ -238,13 +250,9 @@ def attention_decode(q, k_cache, v_cache, layer, slots, positions, part_o, part_
         spans[b] = -(-n_keys // n_tasks)
         first[b + 1] = first[b] + -(-n_keys // spans[b])
     for bt in prange(first[b_len]):
-        b = 0
-        while bt >= first[b + 1]:
-            b += 1
-        task = bt - first[b]
-        s = np.empty((n_heads, SPLIT), np.float32)
-        sl = slots[b]
-        _span_task(q[b], k_cache[sl, layer], v_cache[sl, layer], positions[b] + 1, task, spans[b], s,
-                   part_o[b, task], part_ml[b, task])
+        _decode_task(q, k_cache, v_cache, layer, slots, positions, part_o, part_ml, first, spans, bt)
+    if b_len == 1:  # one merge: a parallel region of one iteration costs more than it (measured)
+        _merge(part_o[0], part_ml[0], first[1], out[0])
+        return
     for b in prange(b_len):
         _merge(part_o[b], part_ml[b], first[b + 1] - first[b], out[b])
