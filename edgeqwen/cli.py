@@ -46,14 +46,15 @@ def _load(model_path: str | None, threads: int | None = None):
     model_path = _model_path(model_path)
     t0 = time.perf_counter()
     progress = None
-    if sys.stderr.isatty() and model_path.endswith(".gguf"):
-        shown = [-1]
+    if sys.stderr.isatty():
+        shown = [None]
+        labels = {"read": f"reading {Path(model_path).name}", "repack": "repacking 4-bit weights"}
 
-        def progress(done, total):
-            pct = 100 * done // total
-            if pct != shown[0]:
-                shown[0] = pct
-                click.echo(_dim(f"\rreading {Path(model_path).name}: {pct}%"), nl=False, err=True)
+        def progress(done, total, stage):
+            pct = 100 * done // max(total, 1)
+            if (stage, pct) != shown[0]:
+                shown[0] = (stage, pct)
+                click.echo(_dim(f"\r\033[K{labels[stage]}: {pct}%"), nl=False, err=True)
     model = load(model_path, progress=progress)
     if progress:
         click.echo("\r\033[K", nl=False, err=True)

@@ -108,8 +108,9 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
     French prose), and it is fast either way. ``kv_cache`` (default: EDGEQWEN_KV_CACHE, else "auto")
     is the storage of the model's KV caches: "f32", "f16" (half the memory and of attention's reads;
     llama.cpp's default), or "auto": f16 for quantized weights, f32 for float ones (their reference
-    numbers). ``progress(done, total)``, if given, is called as a GGUF file's tensors are read and
-    their blocks rewritten (bytes).
+    numbers). ``progress(done, total, stage)``, if given, is called as a GGUF file's tensors are read
+    and their blocks rewritten (stage "read"), then as 4-bit weights are copied into the lane
+    layout (stage "repack"; Qwen3Model.prepare), in bytes of each stage.
     """
     kv_cache = kv_cache or os.environ.get("EDGEQWEN_KV_CACHE") or "auto"
     if kv_cache != "auto":
@@ -123,7 +124,7 @@ def load(path: str | Path, tokenizer: bool = True, exact_dots: bool | None = Non
         quantized = any(not isinstance(w, Dense) for w in model.matrices())
         kv_cache = "f16" if quantized else "f32"
     model.kv_dtype = kv_cache
-    model.prepare()
+    model.prepare(progress)
     return model
 
 
@@ -152,7 +153,7 @@ _GGUF_LAYER = {"input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "at
 def load_gguf(path: str | Path, tokenizer: bool = True, progress=None) -> Qwen3Model:
     """Load a GGUF file (qwen3, qwen2 or llama architecture): float tensors memory-mapped, block
     tensors rewritten into the affine layout (weights.gguf_matrix), after which the file's pages
-    are let go; ``progress(done_bytes, total_bytes)`` per tensor."""
+    are let go; ``progress(done_bytes, total_bytes, "read")`` per tensor."""
     from .storage.gguf import GGUFFile
 
     gf = GGUFFile(path)
@@ -166,7 +167,7 @@ def load_gguf(path: str | Path, tokenizer: bool = True, progress=None) -> Qwen3M
         w = load_gguf_tensor(gf, name, shape)
         done += gf.tensors[name][2].nbytes
         if progress:
-            progress(done, total)
+            progress(done, total, "read")
         return w
 
     ones = np.ones(hd, np.float32)
@@ -205,5 +206,5 @@ def load_gguf(path: str | Path, tokenizer: bool = True, progress=None) -> Qwen3M
     model.file_bytes = Path(path).stat().st_size
     gf.release_pages()
     if progress and done != total:  # tensors the model does not use
-        progress(total, total)
+        progress(total, total, "read")
     return model

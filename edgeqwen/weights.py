@@ -126,9 +126,6 @@ class Affine:
         self.nbytes = sum(a.nbytes for a in (wq, scales, biases, supers) if a is not None)
         self.int8_activations = True  # decode with int8-quantized activations (False: float32, exact)
         self._group = None  # this weight's own MatvecGroup, made on the first int8-activation matvec
-        # int8 activations come in blocks of 32 and 4-bit codes go two blocks at a time; 6-bit codes
-        # are Q6_K's (16-weight groups, offset 32: simd.affine_q8_dot, bits=6)
-        self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0)) or bits == 6
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
         self._float = None  # (scales, biases) for the float kernels, made on first use
         self._codes8 = None  # 6-bit codes widened to bytes for the float kernels, made on first use
@@ -137,6 +134,10 @@ class Affine:
         self.lanes = (bits == 4 and supers is None and offset in (0, 8) and group_size in (32, 64, 128)
                       and scales.dtype in (np.uint16, np.int16, np.float32))
         self._lane_args = None
+        # int8 activations come in blocks of 32, and the MLX-layout 4-bit kernel takes two blocks at a
+        # time (the lane layout any number); 6-bit codes are Q6_K's (16-weight groups, offset 32:
+        # simd.affine_q8_dot, bits=6)
+        self._q8_kernel = (group_size % 32 == 0 and (bits == 8 or self.shape[1] % 64 == 0 or self.lanes)) or bits == 6
 
     @property
     def wq(self) -> np.ndarray:
@@ -215,6 +216,14 @@ class Affine:
             return None
         return (self.bits, self.group_size, self.shape[1], self.scales.dtype, self.offset, self.supers is None,
                 None if self.biases is None else self.biases.dtype, self.lanes)
+
+    def lanes_pending(self) -> bool:
+        """True when int8-activation products will want a lane copy that is not made yet."""
+        return self.lanes and self._lane_args is None and self._q8_key() is not None
+
+    def make_lanes(self) -> None:
+        """Make the lane copy now (it is otherwise made with the first int8-activation product)."""
+        self._q8_args()
 
     def _q8_args(self):
         """(wq, scales, biases, supers) as the int8-activation kernel takes them (unread ones stand in)."""

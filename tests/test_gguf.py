@@ -245,8 +245,13 @@ def test_int8_activation_block_kernels(kind, n, k):
 def test_gguf_load_reports_progress():
     # block tensors are rewritten at load: the caller sees it advance to the file's tensor bytes
     seen = []
-    model = edgeqwen.load(GG / "qwen3-tiny-Q4_0.gguf", progress=lambda done, total: seen.append((done, total)))
-    done = [d for d, _ in seen]
-    assert done == sorted(done) and len(seen) > 5
-    assert seen[-1][0] == seen[-1][1] == sum(t[2].nbytes for t in GGUFFile(GG / "qwen3-tiny-Q4_0.gguf").tensors.values())
+    model = edgeqwen.load(GG / "qwen3-tiny-Q4_0.gguf", progress=lambda *a: seen.append(a))
+    read = [(d, t) for d, t, stage in seen if stage == "read"]
+    done = [d for d, _ in read]
+    assert done == sorted(done) and len(read) > 5
+    assert read[-1][0] == read[-1][1] == sum(t[2].nbytes for t in GGUFFile(GG / "qwen3-tiny-Q4_0.gguf").tensors.values())
+    # then the 4-bit weights' lane copies (Q4_0: every matrix of this file), each stage to its total
+    repack = [(d, t) for d, t, stage in seen if stage == "repack"]
+    assert [s for *_, s in seen] == ["read"] * len(read) + ["repack"] * len(repack)
+    assert len(repack) == 7 * model.config.num_hidden_layers + 1 and repack[-1][0] == repack[-1][1]
     assert model.lm_head.kind == "Q4_0"

@@ -185,6 +185,29 @@ def test_affine_int8_activation_kernels(bits, gs, n, k, scale_kind):
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("offset_kind", ["mlx", "q4_0"])
+def test_lane_layout_any_block_count(offset_kind):
+    # 4-bit rows whose block count is odd (k = 160: five blocks, one panel partly filled) decode
+    # through the lane layout too (the MLX-layout kernel wanted pairs of blocks); and Q4_0's
+    # implied biases (-8 x scale), as GGUF files give them
+    n, k = 11, 160
+    w, ref = affine_random(n, k, 4, 32, "f16")
+    if offset_kind == "q4_0":
+        q = np.empty((n, k), np.float64)
+        q[:, 0::2], q[:, 1::2] = w.wq & 15, w.wq >> 4
+        s32 = np.repeat(w.scales.view(np.float16).astype(np.float64), 32, 1)
+        w, ref = edgeqwen.weights.Affine(w.wq, w.scales, None, 4, 32, kind="Q4_0", offset=8), s32 * (q - 8)
+    assert w.lanes and w._q8_key() is not None
+    x = rng.standard_normal((8, k)).astype(np.float32)
+    out = np.full((8, n), np.nan, np.float32)
+    w.matvec(x, out)
+    want = q8_reference(x, ref)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    one = np.full((1, n), np.nan, np.float32)
+    w.matvec(x[3:4], one)
+    np.testing.assert_array_equal(one[0], out[3])
+
+
 def test_exact_dots_switch():
     w, ref = affine_random(8, 256, 4, 64, "bf16")
     x = rng.standard_normal((1, 256)).astype(np.float32)
