@@ -217,6 +217,13 @@ class Affine:
         return (self.bits, self.group_size, self.shape[1], self.scales.dtype, self.offset, self.supers is None,
                 None if self.biases is None else self.biases.dtype, self.lanes)
 
+    def _float4_key(self):
+        """What lets 4-bit float-path weights share one launch (None: not the 4-bit float path)."""
+        if self.bits != 4 or self._q8_key() is not None:
+            return None
+        scales, biases = self._float_params()
+        return self.shape[1], self.group_size, scales.dtype, biases.dtype
+
     def lanes_pending(self) -> bool:
         """True when int8-activation products will want a lane copy that is not made yet."""
         return self.lanes and self._lane_args is None and self._q8_key() is not None
@@ -270,7 +277,7 @@ class Affine:
         xe, xo, xsum = self._buffers(x.shape[0])
         if bits == 4:
             quant.split_even_odd(x, xe, xo)
-            quant.affine4_matvec(codes, scales, biases, xe, xo, out)
+            quant.affine4_matvec((codes,), (scales,), (biases,), xe, xo, (out,))
         else:
             quant.group_sums(x, xsum, self.group_size)
             quant.affine8_matvec(codes, scales, biases, x, xsum, out)
@@ -309,13 +316,20 @@ class MatvecGroup:
     """Products of weights that share one input (q/k/v, gate/up, or one weight alone), set up once:
     int8-activation Affine weights of one layout run as one kernel launch that rounds the input
     once, for decode's few tokens and prefill's many alike (each row read once for all of them);
-    anything else runs each weight's own matvec or matmul (as do fused weights once one of them has
-    its ``int8_activations`` switched off: rebuild the group to fuse again)."""
+    4-bit weights on the float path (exact dots) of one layout decode in one launch too, after one
+    split of the input; anything else runs each weight's own matvec or matmul (as do fused weights
+    once one of them has its ``int8_activations`` switched: rebuild the group to fuse again)."""
 
     def __init__(self, ws):
         self.ws = tuple(ws)
         key = ws[0]._q8_key() if isinstance(ws[0], Affine) else None
         self.fused = key is not None and all(isinstance(w, Affine) and w._q8_key() == key for w in ws[1:])
+        key4 = ws[0]._float4_key() if isinstance(ws[0], Affine) and len(ws) > 1 else None
+        # 4-bit float-path weights (exact dots: the default model) of one layout: one split of x, one launch
+        self.float4 = key4 is not None and all(isinstance(w, Affine) and w._float4_key() == key4 for w in ws[1:])
+        if self.float4:
+            self._f4_args = tuple(zip(*((w._float_codes()[0],) + w._float_params() for w in ws)))
+            self._f4_bufs: dict = {}
         if self.fused:
             w0 = ws[0]
             self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes),
@@ -331,6 +345,15 @@ class MatvecGroup:
     def __call__(self, x: np.ndarray, outs: tuple) -> None:
         """outs[i] (B, N_i) = x (B, K) @ ws[i].T."""
         if not self._runs_fused():
+            if self.float4 and not any(w.int8_activations and w._q8_kernel for w in self.ws):
+                b = x.shape[0]
+                bufs = self._f4_bufs.get(b)
+                if bufs is None:
+                    k2 = self.ws[0].shape[1] // 2
+                    bufs = self._f4_bufs[b] = (np.empty((b, k2), np.float32), np.empty((b, k2), np.float32))
+                quant.split_even_odd(x, *bufs)
+                quant.affine4_matvec(*self._f4_args, *bufs, outs)
+                return
             for w, out in zip(self.ws, outs):
                 w.matvec(x, out)
             return

@@ -208,6 +208,24 @@ def test_lane_layout_any_block_count(offset_kind):
     np.testing.assert_array_equal(one[0], out[3])
 
 
+def test_float_path_group_is_each_weight_alone():
+    # q/k/v-style groups of 4-bit weights on the float path run in one launch after one split of the
+    # input: the same numbers as each weight's own matvec, whatever the batch
+    ws = [affine_random(n, 256, 4, 64, "bf16")[0] for n in (40, 8, 24)]
+    for w in ws:
+        w.int8_activations = False
+    group = edgeqwen.weights.MatvecGroup(ws)
+    assert group.float4 and not group.fused
+    for t in (1, 5):
+        x = rng.standard_normal((t, 256)).astype(np.float32)
+        outs = tuple(np.full((t, w.shape[0]), np.nan, np.float32) for w in ws)
+        group(x, outs)
+        for w, out in zip(ws, outs):
+            alone = np.full_like(out, np.nan)
+            w.matvec(x, alone)
+            np.testing.assert_array_equal(out, alone)
+
+
 def test_exact_dots_switch():
     w, ref = affine_random(8, 256, 4, 64, "bf16")
     x = rng.standard_normal((1, 256)).astype(np.float32)

@@ -270,21 +270,29 @@ def _nibble_rows(row, hb, xe, xo, srow, brow, n_groups, res, b0, take):
 
 
 @njit(parallel=True, **JIT)
-def affine4_matvec(wq, scales, biases, xe, xo, out):
-    # wq: (N, K/2) u8; scales, biases: (N, G) stored dtype
-    # xe, xo: (B, K/2) f32 (split_even_odd); out: (B, N) f32
-    n = wq.shape[0]
-    n_groups = scales.shape[1]
-    hb = wq.shape[1] // n_groups  # bytes per group
-    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    n_b = out.shape[0]
-    for t in prange(n_tasks):
+def affine4_matvec(wqs, scales, biases, xe, xo, outs):
+    # wqs[i]: (N_i, K/2) u8; scales[i], biases[i]: (N_i, G) stored dtype; outs[i]: (B, N_i) f32 — one
+    # to three matrices that share the input (q/k/v, gate/up) in one parallel loop
+    # xe, xo: (B, K/2) f32 (split_even_odd)
+    n_groups = scales[0].shape[1]
+    hb = wqs[0].shape[1] // n_groups  # bytes per group
+    n_b = xe.shape[0]
+    n_mats = len(wqs)
+    first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
+    for i in range(n_mats):
+        first[i + 1] = first[i] + (wqs[i].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(first[n_mats]):
+        i = 0
+        while t >= first[i + 1]:
+            i += 1
+        wq, sc, bi, out = wqs[i], scales[i], biases[i], outs[i]
         srow = np.empty(n_groups, np.float32)
         brow = np.empty(n_groups, np.float32)
         res = np.empty(MAX_B, np.float32)
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            _scales_f32(scales[r], srow)
-            _scales_f32(biases[r], brow)
+        r0 = (t - first[i]) * ROWS_PER_TASK
+        for r in range(r0, min(wq.shape[0], r0 + ROWS_PER_TASK)):
+            _scales_f32(sc[r], srow)
+            _scales_f32(bi[r], brow)
             b0 = 0
             while b0 < n_b:  # each code byte is decoded (and dequantized) once for up to MAX_B tokens
                 take = min(MAX_B, n_b - b0)
