@@ -249,8 +249,8 @@ class Affine:
 
     def _to_lanes(self):
         """(codes, scales, biases) in the lane layout: (N, P*256) codes, P panels of 16 blocks of 32;
-        scales and biases zero-padded to whole panels (anonymous memory: the K/2 code bytes per row,
-        and the scales again, copied once)."""
+        scales and biases zero-padded to whole panels (anonymous memory: the K/2 code bytes per row
+        copied once; the scales too when K is not a whole number of panels)."""
         n, k = self.shape
         panels = -(-k // (32 * quant.LANE_PANEL))
         codes = aligned_empty((n, panels * 256), np.uint8)
@@ -258,9 +258,10 @@ class Affine:
         g = panels * quant.LANE_PANEL * 32 // self.group_size
         padded = []
         for a in (self.scales, self.scales if self.biases is None else self.biases):
-            p = np.zeros((n, g), a.dtype)
-            p[:, :a.shape[1]] = a
-            padded.append(p)
+            if a.shape[1] < g:
+                a, stored = np.zeros((n, g), a.dtype), a
+                a[:, :stored.shape[1]] = stored
+            padded.append(a)
         return (codes, *padded)
 
     def _own_group(self) -> MatvecGroup:

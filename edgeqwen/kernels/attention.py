@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import tile_matmul
-from .numeric import JIT, exp_f32, to_f32
+from .numeric import JIT, exp_f32, segment_of, to_f32
 from .simd import dot_rows, prefetch, weighted_rows
 
 NEG_BIG = np.float32(-1e30)  # not -inf: fastmath lets LLVM assume no infinities
@@ -221,9 +221,7 @@ def _merge(part_o, part_ml, n_tasks, out):
 
 @njit(inline="always", **JIT)
 def _decode_task(q, k_cache, v_cache, layer, slots, positions, part_o, part_ml, first, spans, bt):
-    b = 0
-    while bt >= first[b + 1]:
-        b += 1
+    b = segment_of(first, bt)
     task = bt - first[b]
     s = np.empty((q.shape[1], SPLIT), np.float32)
     sl = slots[b]

@@ -112,6 +112,16 @@ _EXP_HI = np.float32(88.0)  # above: clamped (2**n must stay finite)
 
 
 @njit(inline="always", **JIT)
+def segment_of(first, t):
+    # the segment i with first[i] <= t < first[i + 1] (first ascending, a handful of segments: the
+    # matrices of a fused parallel loop, the sequences of a batch)
+    i = 0
+    while t >= first[i + 1]:
+        i += 1
+    return i
+
+
+@njit(inline="always", **JIT)
 def exp_f32(x):
     """e**x in float32 from + - * and a bit cast, so loops of it vectorise (math.exp is a scalar call
     here: Numba has no vector math library without Intel's SVML). x = n ln2 + r with |r| <= ln2 / 2,

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
-from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, to_f32, u8_to_f32
+from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
 from .simd import AFFINE_MAX_B, LANE_PANEL, MAX_B, affine_q8_dot, byte_dot, lane_dot, nibble_dot, prefetch, quant_block
 
 ROWS_PER_TASK = 16
@@ -128,6 +128,16 @@ def sums16(xq, dx, xs):
 
 
 @njit(inline="always", **JIT)
+def _task_table(wqs):
+    # first[i]: the first task (ROWS_PER_TASK rows) of matrix i of a tuple that shares one parallel
+    # loop; first[-1] the task count (segment_of finds a task's matrix)
+    first = np.zeros(len(wqs) + 1, np.int64)
+    for i in range(len(wqs)):
+        first[i + 1] = first[i] + (wqs[i].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    return first
+
+
+@njit(inline="always", **JIT)
 def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset):
     # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r]
     e = b0 + take
@@ -157,8 +167,9 @@ def from_lanes(lanes, rows, out):
 
 
 @njit(inline="always", **JIT)
-def _lane_rows(wq, sc, bi, xq, dx, xs, n_p, res, out, r0, r1, b0, take, per, offset):
-    # _affine_rows for rows in the lane layout (simd.lane_dot)
+def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, res, out, r0, r1, b0, take, bits, per, offset):
+    # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su and bits unread: same
+    # arguments, so one kernel body serves both)
     e = b0 + take
     for r in range(r0, r1):
         if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
@@ -182,6 +193,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
     holds (B, P*512) codes and dx, xs at least P*16 blocks."""
 
     order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
+    rows = _lane_rows if lanes else _affine_rows
 
     @njit(parallel=True, **JIT)
     def kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs):
@@ -194,46 +206,31 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
             sums16(xq, dx, xs)
         nb = xq.shape[1] // (512 if lanes else 32)  # panels or blocks
         n_b = xq.shape[0] if batched else 1
-        n_mats = len(wqs)
-        first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
-        for i in range(n_mats):
-            first[i + 1] = first[i] + (wqs[i].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-        for t in prange(first[n_mats]):
-            i = 0
-            while t >= first[i + 1]:
-                i += 1
+        first = _task_table(wqs)
+        for t in prange(first[-1]):
+            i = segment_of(first, t)
             wq, sc, bi, su, out = wqs[i], scales[i], biases[i], supers[i], outs[i]
             res = np.empty(AFFINE_MAX_B, np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
-            if not batched:  # compile-time constants: one copy of the row code per kernel
-                if lanes:
-                    _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, 0, 1, per, offset)
-                else:
-                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
+            if not batched:  # a compile-time constant: one copy of the row code per kernel
+                rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
-                take = 8 if left >= 8 else 4 if left >= 4 else 2 if left >= 2 else 1
-                if lanes:
-                    if take == 8:
-                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 8, per, offset)
-                    elif take == 4:
-                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 4, per, offset)
-                    elif take == 2:
-                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 2, per, offset)
-                    else:
-                        _lane_rows(wq, sc, bi, xq, dx, xs, nb, res, out, r0, r1, b0, 1, per, offset)
-                elif take == 8:
-                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset)
-                elif take == 4:
-                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset)
-                elif take == 2:
-                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset)
+                if left >= 8:
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset)
+                    b0 += 8
+                elif left >= 4:
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset)
+                    b0 += 4
+                elif left >= 2:
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset)
+                    b0 += 2
                 else:
-                    _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset)
-                b0 += take
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset)
+                    b0 += 1
 
     return kernel
 
@@ -277,14 +274,9 @@ def affine4_matvec(wqs, scales, biases, xe, xo, outs):
     n_groups = scales[0].shape[1]
     hb = wqs[0].shape[1] // n_groups  # bytes per group
     n_b = xe.shape[0]
-    n_mats = len(wqs)
-    first = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
-    for i in range(n_mats):
-        first[i + 1] = first[i] + (wqs[i].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for t in prange(first[n_mats]):
-        i = 0
-        while t >= first[i + 1]:
-            i += 1
+    first = _task_table(wqs)
+    for t in prange(first[-1]):
+        i = segment_of(first, t)
         wq, sc, bi, out = wqs[i], scales[i], biases[i], outs[i]
         srow = np.empty(n_groups, np.float32)
         brow = np.empty(n_groups, np.float32)
