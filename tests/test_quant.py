@@ -187,6 +187,32 @@ def test_affine_int8_activation_kernels(bits, gs, n, k, scale_kind):
     np.testing.assert_allclose(out, x @ ref.T, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("k", [256, 1024])
+def test_int8_activation_kernels_at_the_extremes(bits, k):
+    # every code at its maximum against activations that all round to +-127: the products that
+    # would saturate a 16-bit pair sum (AVX2's vpmaddubsw on 8-bit codes) must stay exact
+    n = 5
+    top = np.uint32(2 ** bits - 1)
+    q = np.full((n, k), top, np.uint32)
+    q[1, ::3] = 0  # a row with zeros among the maxima
+    per = 32 // bits
+    words = np.zeros((n, k // per), np.uint32)
+    for i in range(per):
+        words |= q[:, i::per] << np.uint32(bits * i)
+    s = np.full((n, k // 32), 0.01, np.float32)
+    b = np.full((n, k // 32), -0.5, np.float32)
+    w = edgeqwen.weights.Affine(words.view(np.uint8), s, b, bits, 32)
+    ref = q.astype(np.float64) * 0.01 - 0.5
+    x = np.ones((3, k), np.float32)
+    x[1] = -1.0
+    x[2, 1::2] = -1.0
+    want = q8_reference(x, ref)
+    out = np.full((3, n), np.nan, np.float32)
+    w.matvec(x, out)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("offset_kind", ["mlx", "q4_0"])
 def test_lane_layout_any_block_count(offset_kind):
     # 4-bit rows whose block count is odd (k = 160: five blocks, one panel partly filled) decode

@@ -357,13 +357,37 @@ def _has_vnni() -> bool:
     return "avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats
 
 
-def _dot4(builder, acc, a, b):
-    """acc (8 x i32) + sums of four consecutive products of a (32 x u8) and b (32 x s8): vpdpbusd.
+def _has_avx2() -> bool:
+    return "avx2" in _cpu_features()
 
-    With VNNI it is the instruction; elsewhere the same exact integer sums in plain IR.
+
+_VI16x16 = ir.VectorType(ir.IntType(16), 16)
+
+
+def _maddubs(builder, a, b, weight):
+    """8 x i32 sums of four consecutive products of a (32 x u8, each < 128) and b (32 x s8), times
+    ``weight``, by AVX2's vpmaddubsw (pairs to i16; exact: 2 x 127 x 127 fits) and vpmaddwd."""
+    pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _VI16x16, [a, b])
+    return _call(builder, "llvm.x86.avx2.pmadd.wd", _VI32x8, [pairs, ir.Constant(_VI16x16, [weight] * 16)])
+
+
+def _dot4(builder, acc, a, b, small=False):
+    """acc (8 x i32) + sums of four consecutive products of a (32 x u8) and b (32 x s8, never -128):
+    vpdpbusd.
+
+    With VNNI it is the instruction. With AVX2 alone, vpmaddubsw and vpmaddwd: directly when ``small``
+    (every a < 128: 4- and 6-bit codes), else a as 16 x high nibble + low nibble, so that no i16 pair
+    sum saturates. Elsewhere the same exact integer sums in plain IR.
     """
     if _has_vnni():
         return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _VI32x8, [acc, a, b])
+    if _has_avx2():
+        if small:
+            return builder.add(acc, _maddubs(builder, a, b, 1))
+        fifteen = ir.Constant(a.type, [15] * 32)
+        high = builder.lshr(a, ir.Constant(a.type, [4] * 32))
+        acc = builder.add(acc, _maddubs(builder, high, b, 16))
+        return builder.add(acc, _maddubs(builder, builder.and_(a, fifteen), b, 1))
     vi32x32 = ir.VectorType(_I32, 32)
     prod = builder.mul(builder.zext(a, vi32x32), builder.sext(b, vi32x32))
     for k in range(4):
@@ -383,17 +407,18 @@ def _has_avx512_vnni() -> bool:
     return {"avx512vnni", "avx512f", "avx512bw"} <= _cpu_features()
 
 
-def _dot4_64(builder, acc, a, b):
-    """acc (16 x i32) + sums of four consecutive products of a (64 x u8) and b (64 x s8)."""
+def _dot4_64(builder, acc, a, b, small=False):
+    """acc (16 x i32) + sums of four consecutive products of a (64 x u8) and b (64 x s8, never -128);
+    ``small``: every a < 128 (see _dot4)."""
     if _has_avx512_vnni():
         return _call(builder, "llvm.x86.avx512.vpdpbusd.512", _VI32x16, [acc, a, b])
-    if _has_vnni():  # two 256-bit halves
+    if _has_vnni() or _has_avx2():  # two 256-bit halves
         halves = []
         for h in range(2):
             i32 = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * h, 8 * h + 8)))
             i8 = ir.Constant(ir.VectorType(_I32, 32), list(range(32 * h, 32 * h + 32)))
             halves.append(_dot4(builder, builder.shuffle_vector(acc, acc, i32), builder.shuffle_vector(a, a, i8),
-                                builder.shuffle_vector(b, b, i8)))
+                                builder.shuffle_vector(b, b, i8), small))
         return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI32x16, list(range(16))))
     vi32x64 = ir.VectorType(_I32, 64)
     prod = builder.mul(builder.zext(a, vi32x64), builder.sext(b, vi32x64))
@@ -518,7 +543,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             for b in range(nb):
                 xl = xvec(b, builder.mul(u, c(128)), _VI8x64)
                 xh = xvec(b, builder.add(builder.mul(u, c(128)), c(64)), _VI8x64)
-                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl), hi, xh))
+                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl, True), hi, xh, True))
             return out
 
         def half_unit(u):
@@ -538,7 +563,7 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                 xh = builder.shuffle_vector(xv, ir.Constant(_VI8x64, None),
                                             ir.Constant(ir.VectorType(_I32, 64), list(range(32, 64)) + [64] * 32))
                 # lanes 0-3 block 2u', 4-7 the next: spread to the quad shape (4 lanes a block)
-                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl), hi, xh))
+                out.append(_dot4_64(builder, _dot4_64(builder, zero16, lo, xl, True), hi, xh, True))
             return out
 
         blocks_per_unit = 2 if nbits == 8 else 4
@@ -728,8 +753,8 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
                 for s, (lo, hi) in enumerate(units):
                     xl = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s)), _VI8x64, 1)
                     xh = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s + 64)), _VI8x64, 1)
-                    chains[0] = _dot4_64(builder, chains[0], lo, xl)
-                    chains[-1] = _dot4_64(builder, chains[-1], hi, xh)
+                    chains[0] = _dot4_64(builder, chains[0], lo, xl, True)
+                    chains[-1] = _dot4_64(builder, chains[-1], hi, xh, True)
                 idot = chains[0] if len(chains) == 1 else builder.add(chains[0], chains[1])
                 d16 = _load_vec(builder, dxa.data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
                 s16 = _load_vec(builder, xsa.data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
