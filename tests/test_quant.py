@@ -96,12 +96,17 @@ def test_e4m3_decode_is_exact_for_every_byte():
 rng = np.random.default_rng(1)
 
 
+def pack_codes(q, bits):
+    # (n, k) codes -> MLX's little-endian uint32 words, as bytes
+    per = 32 // bits
+    words = np.zeros((q.shape[0], q.shape[1] // per), np.uint32)
+    for i in range(per):
+        words |= q[:, i::per].astype(np.uint32) << np.uint32(bits * i)
+    return words.view(np.uint8)
+
+
 def affine_random(n, k, bits, gs, scale_kind):
     q = rng.integers(0, 2 ** bits, size=(n, k)).astype(np.uint32)
-    per = 32 // bits
-    words = np.zeros((n, k // per), np.uint32)
-    for i in range(per):
-        words |= q[:, i::per] << np.uint32(bits * i)
     s = (rng.random((n, k // gs)) * 0.1).astype(np.float32)
     b = (rng.standard_normal((n, k // gs)) * 0.1).astype(np.float32)
     if scale_kind == "bf16":
@@ -114,7 +119,7 @@ def affine_random(n, k, bits, gs, scale_kind):
     else:
         s32, b32 = s, b
     w = q.astype(np.float64) * np.repeat(s32, gs, 1) + np.repeat(b32, gs, 1)
-    return edgeqwen.weights.Affine(words.view(np.uint8), s, b, bits, gs), w
+    return edgeqwen.weights.Affine(pack_codes(q, bits), s, b, bits, gs), w
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -196,13 +201,9 @@ def test_int8_activation_kernels_at_the_extremes(bits, k):
     top = np.uint32(2 ** bits - 1)
     q = np.full((n, k), top, np.uint32)
     q[1, ::3] = 0  # a row with zeros among the maxima
-    per = 32 // bits
-    words = np.zeros((n, k // per), np.uint32)
-    for i in range(per):
-        words |= q[:, i::per] << np.uint32(bits * i)
     s = np.full((n, k // 32), 0.01, np.float32)
     b = np.full((n, k // 32), -0.5, np.float32)
-    w = edgeqwen.weights.Affine(words.view(np.uint8), s, b, bits, 32)
+    w = edgeqwen.weights.Affine(pack_codes(q, bits), s, b, bits, 32)
     ref = q.astype(np.float64) * 0.01 - 0.5
     x = np.ones((3, k), np.float32)
     x[1] = -1.0
