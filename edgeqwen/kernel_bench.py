@@ -8,6 +8,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from .kernels.simd import fma_chains, fma_shape
 from .synth import f32_to_bf16 as _bf16
 from .weights import Affine, Dense, Fp8Block, gguf_matrix
 
@@ -48,27 +49,26 @@ def make_weight(fmt: str, n: int, k: int, seed: int = 0):
     return gguf_matrix(raw.reshape(n, -1), fmt, (n, k))
 
 
-@njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _fma_loop(n_iter, acc):
-    # acc: (threads, 256) f32; 16 independent 16-lane FMA chains per thread, all in registers
-    for t in prange(acc.shape[0]):
-        a = acc[t]
-        for _ in range(n_iter):
-            for j in range(256):
-                a[j] = a[j] * np.float32(0.999) + np.float32(0.001)
+@njit(parallel=True, cache=True, nogil=True)
+def _fma_loop(n_iter, out):
+    # out: (threads, 1) f32; each thread runs simd.fma_chains' register-resident FMA chains
+    a = np.array([0.999, 0.001], np.float32)
+    for t in prange(out.shape[0]):
+        fma_chains(n_iter, a, out[t])
 
 
 def fma_peak(threads: int) -> float:
     """Measured float32 FLOP/s of independent FMAs on ``threads`` threads (the compute ceiling)."""
-    acc = np.ones((threads, 256), np.float32)
-    _fma_loop(10, acc)
-    n_iter = 200_000
+    lanes, chains = fma_shape()
+    out = np.zeros((threads, 1), np.float32)
+    _fma_loop(10, out)
+    n_iter = 20_000_000  # ~0.1 s: shorter runs end before the second thread is at full speed
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        _fma_loop(n_iter, acc)
+        _fma_loop(n_iter, out)
         best = min(best, time.perf_counter() - t0)
-    return threads * n_iter * 256 * 2 / best
+    return threads * n_iter * lanes * chains * 2 / best
 
 
 def _time(fn, min_s: float) -> float:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -67,3 +68,20 @@ def test_bench_kernels_rejects_bad_input():
         p = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", "--kernels", *args], capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_fma_peak_loop_runs_every_chain():
+    # the peak loop must do the FMAs it counts: chain j starts at a + j and takes n rounds of
+    # acc * 0.5 + 1, so the lane sum has a closed form (exact in float32 at these sizes)
+    from edgeqwen.kernels.simd import fma_chains, fma_shape
+    from numba import njit
+
+    @njit
+    def run(n, a, out):
+        fma_chains(n, a, out)
+
+    lanes, chains = fma_shape()
+    a, out = np.array([0.5, 1.0], np.float32), np.zeros(1, np.float32)
+    run(3, a, out)
+    want = sum(((0.5 + j) * 0.125 + 1.75) for j in range(chains)) * lanes
+    assert out[0] == np.float32(want)

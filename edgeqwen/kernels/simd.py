@@ -925,3 +925,42 @@ def prefetch(typingctx, a, off, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def fma_shape() -> tuple[int, int]:
+    """(lanes, chains) of the FMA-peak loop: the host's widest float vector and as many independent
+    accumulators as its register file holds with room for the two operands."""
+    feats = _cpu_features()
+    if "avx512f" in feats:
+        return 16, 24  # 32 zmm
+    if "avx" in feats:
+        return 8, 12  # 16 ymm
+    return 4, 24  # NEON: 32 q registers
+
+
+@intrinsic
+def fma_chains(typingctx, n_iter, a, out):
+    """The FMA ceiling: ``n_iter`` rounds of acc = fma(acc, a[0], a[1]) on fma_shape()'s chains of
+    native-width vectors (explicit llvm.fma, which LLVM neither folds nor spills); out[0] = their sum."""
+    _check_array(a, types.float32, "a")
+    _check_array(out, types.float32, "out")
+    sig = types.none(n_iter, a, out)
+    lanes, chains = fma_shape()
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        ap, op = _ptr(context, builder, at[1], args[1]), _ptr(context, builder, at[2], args[2])
+        vt = ir.VectorType(_F32, lanes)
+        mul, add = (_splat(builder, builder.load(builder.gep(ap, [ir.Constant(_I64, i)])), vt) for i in (0, 1))
+        accs = [cgutils.alloca_once_value(builder, builder.fadd(mul, ir.Constant(vt, [float(j)] * lanes)))
+                for j in range(chains)]
+        with cgutils.for_range(builder, _i64(context, builder, args[0], at[0])):
+            for acc in accs:
+                builder.store(_fma(builder, builder.load(acc), mul, add), acc)
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        builder.store(_hsum(builder, total), op)
+        return context.get_dummy_value()
+
+    return sig, codegen
