@@ -22,6 +22,16 @@ _GGUF_LAYOUT = {"Q8_0": (34, 32, (0,)), "Q4_0": (18, 32, (0,)), "Q4_1": (20, 32,
                 "Q4_K": (144, 256, (0, 2)), "Q6_K": (210, 256, (208,))}
 
 
+def _aligned(a: np.ndarray) -> np.ndarray:
+    # a copy starting on a 64-byte line, as weights are in the files edgeqwen writes (NumPy's own
+    # allocations start anywhere, and a kernel's speed then depends on the allocator's luck)
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    skip = -buf.ctypes.data % 64
+    out = buf[skip:skip + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def make_weight(fmt: str, n: int, k: int, seed: int = 0):
     """A random (n, k) weight in ``fmt`` with finite values (content does not matter for speed)."""
     if fmt.endswith(":exact"):  # the float32-activation decode path of a quantized format
@@ -32,16 +42,16 @@ def make_weight(fmt: str, n: int, k: int, seed: int = 0):
     if fmt in ("bf16", "f16", "f32"):
         w = rng.standard_normal((n, k), np.float32) * 0.02
         data = {"bf16": lambda: _bf16(w), "f16": lambda: w.astype(np.float16).view(np.int16), "f32": lambda: w}[fmt]()
-        return Dense(data, fmt)
+        return Dense(_aligned(data), fmt)
     if fmt.startswith(("int4", "int8")):
         bits, gs = int(fmt[3]), int(fmt.split("-g")[1])
         wq = rng.integers(0, 256, (n, k * bits // 8), dtype=np.uint8)
         scales = _bf16(rng.uniform(0.001, 0.01, (n, k // gs)))
         biases = _bf16(rng.uniform(-0.05, 0.0, (n, k // gs)))
-        return Affine(wq, scales, biases, bits, gs)
+        return Affine(_aligned(wq), _aligned(scales), _aligned(biases), bits, gs)
     if fmt == "fp8":
         wq = rng.integers(0, 256, (n, k), dtype=np.uint8) & 0xF7  # no NaN codes (0x7F / 0xFF)
-        return Fp8Block(wq, _bf16(rng.uniform(0.001, 0.01, (-(-n // 128), -(-k // 128)))), 128, 128)
+        return Fp8Block(_aligned(wq), _bf16(rng.uniform(0.001, 0.01, (-(-n // 128), -(-k // 128)))), 128, 128)
     size, per, offsets = _GGUF_LAYOUT[fmt]
     raw = rng.integers(0, 256, (n, k // per, size), dtype=np.uint8)
     for o in offsets:

@@ -9,14 +9,47 @@ Both keep each output's arithmetic independent of how many tokens ride along, so
 chunking never change a sequence's numbers.
 """
 
-from numba import njit, prange
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .numeric import JIT
-from .simd import dense_dot
+from .simd import PAIR_CHUNK, dense_dot, prefetch
 
 ROWS_PER_TASK = 64
 PREFETCH_ROWS = 4  # blocks of four rows ask for the next four as they go (measured: 4-16 alike;
 # one burst per block instead of spread over the loop lost, and single rows need no help)
+
+
+@njit(**JIT)
+def aligned_x(x, pairs):
+    # x: (B, K) f32 -> a copy starting on a 64-byte line (so do its rows when K % 16 == 0: a vector
+    # load across two lines costs two); pairs: in simd.dense_dot's bf16 order, each full
+    # PAIR_CHUNK-block of a row as its even then its odd elements, the K % PAIR_CHUNK tail as it is
+    n_b, k = x.shape
+    h = PAIR_CHUNK // 2
+    full = k - k % PAIR_CHUNK if pairs else 0
+    buf = np.empty(n_b * k + 16, np.float32)
+    skip = ((64 - buf.ctypes.data % 64) % 64) // 4
+    out = buf[skip:skip + n_b * k].reshape((n_b, k))
+    for b in range(n_b):
+        for j0 in range(0, full, PAIR_CHUNK):
+            for i in range(h):
+                out[b, j0 + i] = x[b, j0 + 2 * i]
+                out[b, j0 + h + i] = x[b, j0 + 2 * i + 1]
+        for j in range(full, k):
+            out[b, j] = x[b, j]
+    return out
+
+
+def _pairs(w):
+    """Whether dense_dot takes x against w in pair order (bf16 weights)."""
+
+
+@overload(_pairs, inline="always", jit_options=JIT)
+def _pairs_impl(w):
+    flag = w.dtype == types.uint16
+    return lambda w: flag
 
 
 @njit(inline="always", **JIT)
@@ -53,6 +86,8 @@ def matvec(w, x, out):
     # the same simd.dense_dot chain whatever the block, so a sequence's numbers do not depend on
     # its batch.
     n, k = w.shape
+    if _pairs(w):
+        x = aligned_x(x, True)
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for t in prange(n_tasks):
         r = t * ROWS_PER_TASK
@@ -69,19 +104,31 @@ TILE_ROWS = 32
 
 
 @njit(inline="always", **JIT)
-def _rows_x_tokens(w, r0, rows, x, out, c0):
+def _rows_x_tokens(w, r0, rows, x, out, c0, pf_rows):
     # out[t, c0 + i] = w[r0 + i] . x[t] for i < rows, every t (x: (T4, K), T4 % 4 == 0): 4 x 4
-    # register blocks (simd.dense_dot), a last 1 x 4 for each row past the blocks
+    # register blocks (simd.dense_dot), a last 1 x 4 for each row past the blocks. pf_rows > 0: the
+    # rows after these (the thread's next task under prange's contiguous split) are asked of the
+    # cache a slice per block, spread over the whole task: fetched in one go as a task starts, they
+    # cost more than the task's arithmetic on rows that come from DRAM
     k = w.shape[1]
     n = out.shape[1]
+    n_blocks = (x.shape[0] // 4) * ((rows + 3) // 4)
+    pf_step = (pf_rows * k + n_blocks - 1) // n_blocks
+    pf = (r0 + rows) * k
+    pf_end = pf + pf_rows * k
     for t in range(0, x.shape[0], 4):
         i = 0
-        while i + 4 <= rows:
-            dense_dot(w, (r0 + i) * k, k, 4, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
-            i += 4
         while i < rows:
-            dense_dot(w, (r0 + i) * k, k, 1, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
-            i += 1
+            if pf < pf_end:
+                prefetch(w, pf, min(pf_step, pf_end - pf))
+                pf += pf_step
+            if i + 4 <= rows:
+                dense_dot(w, (r0 + i) * k, k, 4, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
+                i += 4
+            else:
+                while i < rows:
+                    dense_dot(w, (r0 + i) * k, k, 1, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
+                    i += 1
 
 
 @njit(**JIT)
@@ -89,7 +136,7 @@ def tile_matmul(tile, rows, x, out, r0):
     # tile: (TILE_ROWS, K) f32, first ``rows`` valid; x: (T4, K) f32 with T4 % 4 == 0 (zero-padded
     # by the caller); out[:T4, r0:r0+rows] = x @ tile[:rows].T. Every output is the same
     # simd.dense_dot chain, so a token's numbers do not depend on T or on its place in the batch.
-    _rows_x_tokens(tile, 0, rows, x, out, r0)
+    _rows_x_tokens(tile, 0, rows, x, out, r0, 0)
 
 
 @njit(parallel=True, **JIT)
@@ -97,7 +144,9 @@ def matmul(w, x, out):
     # w: (N, K) stored dtype; x: (T4, K) f32, T4 % 4 == 0; out: (T4, N) f32. Tasks of TILE_ROWS rows,
     # each converted chunk by chunk in registers (no float32 copy of the weights)
     n = w.shape[0]
+    x = aligned_x(x, _pairs(w))  # one copy per call (T x K: small next to the product)
     n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
     for task in prange(n_tasks):
         r0 = task * TILE_ROWS
-        _rows_x_tokens(w, r0, min(n, r0 + TILE_ROWS) - r0, x, out, r0)
+        r1 = min(n, r0 + TILE_ROWS)
+        _rows_x_tokens(w, r0, r1 - r0, x, out, r0, min(n, r1 + TILE_ROWS) - r1)

@@ -78,6 +78,31 @@ def _hsum(builder, vec):
     return _tree(builder, vec, builder.fadd)
 
 
+def _hsum_many(builder, vecs):
+    """[_hsum(v) for v in vecs], bitwise, for several vectors at once: each step adds the halves of
+    every group of lanes as _tree does, but packs two vectors' half-groups into one add (two
+    two-source shuffles and one add per pair instead of a tree each)."""
+    width = vecs[0].type.count
+    packed = [(v, [i]) for i, v in enumerate(vecs)]  # (vector, the source of each group in lane order)
+    while width > 1:
+        half, nxt = width // 2, []
+        for p in range(0, len(packed), 2):
+            (a, ga), (b, gb) = packed[p], packed[min(p + 1, len(packed) - 1)]
+            lo = [g * width + i for g in range(len(ga)) for i in range(half)]
+            lo += [a.type.count + g * width + i for g in range(len(gb)) for i in range(half)]
+            hi = [i + half for i in lo]
+            mask = lambda idx: ir.Constant(ir.VectorType(_I32, len(idx)), idx)  # noqa: E731
+            nxt.append((builder.fadd(builder.shuffle_vector(a, b, mask(lo)), builder.shuffle_vector(a, b, mask(hi))),
+                        ga + gb))
+        packed, width = nxt, half
+    out = [None] * len(vecs)
+    for v, groups in packed:
+        for lane, g in enumerate(groups):
+            if out[g] is None:
+                out[g] = builder.extract_element(v, ir.Constant(_I32, lane))
+    return out
+
+
 def _chunk_count(builder, group_bytes, gb):
     """16-byte chunks per group: a Python int when the group size is a literal, else an IR value."""
     if isinstance(group_bytes, types.IntegerLiteral):
@@ -272,6 +297,7 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xh, b0, x_stride, scales, 
 
 
 DENSE_MAX = 4  # rows and tokens per call of dense_dot (its 4 x 4 accumulators stay in registers)
+PAIR_CHUNK = 2 * LANES  # bf16 weights per dense_dot chunk step (see pair_order)
 
 
 @intrinsic
@@ -281,8 +307,11 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
     w: float32, bfloat16 bits as uint16 or float16 bits as int16; x, out: float32; C-contiguous,
     offsets and strides in elements of the flat data. Each 16-weight chunk is converted once and
     each activation chunk loaded once for the whole block. Every (row, token) is one FMA chain over
-    the chunks, a fixed tree, then the k % 16 tail in order, whatever the block's size: a sequence's
-    numbers do not depend on its batch, nor a prompt's on its length. ``ahead`` > 0: each chunk step
+    the chunks, a fixed tree, then the k % chunk tail in order, whatever the block's size: a sequence's
+    numbers do not depend on its batch, nor a prompt's on its length. bf16 rows go in chunks of
+    PAIR_CHUNK = 32 as 16 pairs of 32-bit words, the even weights by one shift and the odd by one mask
+    (half the conversion work of widening each half), so x must be in pair order (``pair_order``):
+    each full 32-block of a row as its 16 even then its 16 odd elements. ``ahead`` > 0: each chunk step
     also asks the cache for the lines ``ahead`` elements past the first row's chunk (w_stride == k:
     the rows ``ahead / k`` further on), spread over the loop instead of a burst."""
     _check_rows(w, (types.float32, types.uint16, types.int16), "w")
@@ -302,24 +331,39 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)] for _ in range(nr)]
         wrow = [builder.add(w_off, builder.mul(c(r), w_str)) for r in range(nr)]
         xrow = [builder.add(x_off, builder.mul(c(b), x_str)) for b in range(nb)]
-        chunks = builder.udiv(kk, c(LANES))
+        paired = wdt == types.uint16
+        step = PAIR_CHUNK if paired else LANES
+        chunks = builder.udiv(kk, c(step))
         esize = context.get_abi_sizeof(context.get_data_type(wdt))
-        pf_lines = max(1, nr * LANES * esize // 64)  # lines of rows consumed per chunk step
+        pf_lines = max(1, nr * step * esize // 64)  # lines of rows consumed per chunk step
         pf_base = builder.bitcast(builder.gep(wp, [builder.add(w_off, ahead)]), ir.IntType(8).as_pointer())
         do_pf = builder.icmp_signed(">", ahead, c(0))
         with cgutils.for_range(builder, chunks) as loop:
-            j = builder.mul(loop.index, c(LANES))
+            j = builder.mul(loop.index, c(step))
             with builder.if_then(do_pf):
                 for i in range(pf_lines):
                     _prefetch_line(builder, builder.gep(pf_base, [builder.add(builder.mul(loop.index, c(64 * pf_lines)),
                                                                               c(64 * i))]))
-            xs = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
-            for r in range(nr):
-                wv = _stored_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, 2), wdt)
-                for b in range(nb):
-                    _fma_into(builder, accs[r][b], wv, xs[b])
-        sums = [[cgutils.alloca_once_value(builder, _hsum(builder, builder.load(a))) for a in ar] for ar in accs]
-        start = builder.mul(chunks, c(LANES))
+            if paired:
+                xe = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
+                xo = [_load_vec(builder, xp, builder.add(xrow[b], builder.add(j, c(LANES))), _VF, 4) for b in range(nb)]
+                for r in range(nr):
+                    words = builder.load(builder.bitcast(builder.gep(wp, [builder.add(wrow[r], j)]), _VI32.as_pointer()),
+                                         align=2)
+                    even = builder.bitcast(builder.shl(words, ir.Constant(_VI32, [16] * LANES)), _VF)
+                    odd = builder.bitcast(builder.and_(words, ir.Constant(_VI32, [-65536] * LANES)), _VF)
+                    for b in range(nb):
+                        _fma_into(builder, accs[r][b], even, xe[b])
+                        _fma_into(builder, accs[r][b], odd, xo[b])
+            else:
+                xs = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
+                for r in range(nr):
+                    wv = _stored_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, 2), wdt)
+                    for b in range(nb):
+                        _fma_into(builder, accs[r][b], wv, xs[b])
+        flat = _hsum_many(builder, [builder.load(a) for ar in accs for a in ar])
+        sums = [[cgutils.alloca_once_value(builder, flat[r * nb + b]) for b in range(nb)] for r in range(nr)]
+        start = builder.mul(chunks, c(step))
         with cgutils.for_range(builder, builder.sub(kk, start)) as loop:
             j = builder.add(start, loop.index)
             xs = [builder.load(builder.gep(xp, [builder.add(xrow[b], j)])) for b in range(nb)]

@@ -232,7 +232,9 @@ def write_safetensors(path: str | os.PathLike, specs, produce, metadata: dict | 
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % 8)  # keep tensor data 8-byte aligned
+    # tensor data from a 64-byte boundary (a cache line: the kernels' vector loads of a mapped
+    # tensor then never straddle two lines when its offset and row length are multiples of 64)
+    raw += b" " * (-(8 + len(raw)) % 64)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
