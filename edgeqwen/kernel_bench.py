@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from .kernels.simd import fma_chains, fma_shape
 from .synth import f32_to_bf16 as _bf16
-from .weights import Affine, Dense, Fp8Block, gguf_matrix
+from .weights import Affine, Dense, Fp8Block, aligned_empty, gguf_matrix
 
 # (N, K): q/o 1024x1024 (0.6B), k/v-sized and MLP of 0.6B, the 151936-row lm_head, the 4B MLP
 SHAPES = ((1024, 1024), (3072, 1024), (1024, 3072), (151936, 1024), (2560, 9728), (9728, 2560))
@@ -25,9 +25,7 @@ _GGUF_LAYOUT = {"Q8_0": (34, 32, (0,)), "Q4_0": (18, 32, (0,)), "Q4_1": (20, 32,
 def _aligned(a: np.ndarray) -> np.ndarray:
     # a copy starting on a 64-byte line, as weights are in the files edgeqwen writes (NumPy's own
     # allocations start anywhere, and a kernel's speed then depends on the allocator's luck)
-    buf = np.empty(a.nbytes + 64, np.uint8)
-    skip = -buf.ctypes.data % 64
-    out = buf[skip:skip + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = aligned_empty(a.shape, a.dtype)
     out[...] = a
     return out
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import EdgeQwenError
 from .kernels import gguf_blocks, linear, ops, quant
+from .kernels.simd import prefetch_streams
 from .storage import TensorStore, release_pages
 from .storage.safetensors import to_float32
 
@@ -54,6 +55,8 @@ def activation_buffers(cache: dict, b: int, k: int):
     return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
+_PREFETCH_STREAMS = prefetch_streams()  # dense decode rows four at a time (linear.matvec)
+
 class Dense:
     """A bf16 / f16 / f32 matrix used exactly as stored (see kernels.numeric for the views)."""
 
@@ -65,7 +68,7 @@ class Dense:
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         """out (B, N) = x (B, K) @ W.T for a few decode tokens."""
-        linear.matvec(self.data, x, out)
+        linear.matvec(self.data, x, out, _PREFETCH_STREAMS)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         """out (T, N) = x (T, K) @ W.T for prefill."""
@@ -333,8 +336,9 @@ class MatvecGroup:
             self._f4_bufs: dict = {}
         if self.fused:
             w0 = ws[0]
-            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes),
-                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True, w0.lanes))
+            pf8 = prefetch_streams()
+            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes, pf8),
+                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True, w0.lanes, pf8))
             self._args = tuple(zip(*(w._q8_args() for w in ws)))  # (wqs, scales, biases, supers)
             self._bufs: dict = {}
             # activation codes per token: K, or whole panels of the lane layout

@@ -24,11 +24,12 @@ def stored(w32, kind):
 @pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 13), (65, 33), (130, 257)])
 @pytest.mark.parametrize("b", [1, 3, 8])
-def test_matvec(kind, n, k, b):
+@pytest.mark.parametrize("four_rows", [False, True])
+def test_matvec(kind, n, k, b, four_rows):
     w, w32 = stored(rng.standard_normal((n, k)).astype(np.float32), kind)
     x = rng.standard_normal((b, k)).astype(np.float32)
     out = np.full((b, n), np.nan, np.float32)
-    linear.matvec(w, x, out)
+    linear.matvec(w, x, out, four_rows)
     np.testing.assert_allclose(out, x.astype(np.float64) @ w32.T, rtol=1e-4, atol=1e-4)
 
 
@@ -56,6 +57,9 @@ def test_a_tokens_numbers_do_not_depend_on_its_batch():
     d.matmul(x, a)
     d.matmul(x[6:], b)
     assert np.array_equal(a[6:], b)
+    for four_rows in (False, True):  # a lone token's rows one at a time or four at a time
+        linear.matvec(w, x[2:3], one, four_rows)
+        assert np.array_equal(one[0], five[2])
 
 
 def test_bf16_conversion_is_exact_for_every_pattern():

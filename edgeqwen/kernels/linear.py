@@ -78,12 +78,14 @@ def _block(w, x, out, r, n_rows, ahead):
 
 
 @njit(parallel=True, **JIT)
-def matvec(w, x, out):
+def matvec(w, x, out, four_rows):
     # w: (N, K) stored dtype; x: (B, K) f32; out: (B, N) f32 -- B tokens of decode (B small)
-    # Each row of w is read from memory once and serves every token from L1. Rows go four at a
-    # time (4 x 4 register blocks) with the next four prefetched over the loop; a task's last rows
-    # one at a time. Each output is the same simd.dense_dot chain whatever the block, so a
-    # sequence's numbers do not depend on its batch.
+    # Each row of w is read from memory once and serves every token from L1. Three or more tokens,
+    # or any number when four_rows (simd.prefetch_streams), take the rows four at a time (4 x 4
+    # register blocks) with the next four prefetched over the loop; otherwise, and for a task's last
+    # rows, one at a time (one stream, which some hosts' hardware prefetcher follows best alone).
+    # Each output is the same simd.dense_dot chain whatever the block, so a sequence's numbers do
+    # not depend on its batch.
     n, k = w.shape
     if _pairs(w):
         x = aligned_x(x, True)
@@ -91,7 +93,7 @@ def matvec(w, x, out):
     for t in prange(n_tasks):
         r = t * ROWS_PER_TASK
         r1 = min(n, r + ROWS_PER_TASK)
-        while r + 4 <= r1:
+        while (four_rows or x.shape[0] > 2) and r + 4 <= r1:
             _block(w, x, out, r, 4, PREFETCH_ROWS * k if r + 4 + PREFETCH_ROWS <= n else 0)
             r += 4
         while r < r1:

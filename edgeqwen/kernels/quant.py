@@ -21,8 +21,8 @@ from .simd import AFFINE_MAX_B, LANE_PANEL, MAX_B, affine_q8_dot, byte_dot, lane
 
 ROWS_PER_TASK = 16
 PREFETCH_ROWS = 4  # rows ask for the codes of the row this far ahead (measured: 3-6 best). 8-bit rows
-# lost 15% by it on an AMD EPYC host whose prefetcher already streamed them, and gain 1.3x on an
-# Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms): kept for every width
+# only where simd.prefetch_streams(): they lost 15% by it on an AMD EPYC host whose prefetcher
+# already streamed them, and gain 1.3x on an Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms)
 E4M3_RESCALE = np.float32(2.0 ** 120)
 
 
@@ -139,11 +139,12 @@ def _task_table(wqs):
 
 
 @njit(inline="always", **JIT)
-def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset):
-    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r]
+def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r];
+    # pf8: 8-bit rows prefetch too
     e = b0 + take
     for r in range(r0, r1):
-        if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:  # the first token chunk streams
+        if (bits != 8 or pf8) and b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:  # the first token chunk streams
             prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
         affine_q8_dot(wq[r], sc[r], bi[r], su[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, res, take, bits, per, offset)
         for b in range(b0, e):
@@ -168,8 +169,8 @@ def from_lanes(lanes, rows, out):
 
 
 @njit(inline="always", **JIT)
-def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, res, out, r0, r1, b0, take, bits, per, offset):
-    # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su and bits unread: same
+def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+    # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su, bits, pf8 unread: same
     # arguments, so one kernel body serves both)
     e = b0 + take
     for r in range(r0, r1):
@@ -181,7 +182,7 @@ def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, res, out, r0, r1, b0, take, bits
 
 
 @lru_cache(maxsize=None)
-def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
+def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
     blocks of 32 per group (0: Q6_K's 16-weight groups) and codes ``offset`` (simd.affine_q8_dot):
     kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs), each of wqs, scales, biases, supers,
@@ -191,7 +192,8 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
     is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
     a separate compile, made only when several sequences decode together. ``lanes``: 4-bit rows
     repacked by to_lanes (scales and biases padded to whole panels), run by simd.lane_dot; xq then
-    holds (B, P*512) codes and dx, xs at least P*16 blocks."""
+    holds (B, P*512) codes and dx, xs at least P*16 blocks. ``pf8``: 8-bit rows prefetched too
+    (simd.prefetch_streams)."""
 
     order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
     rows = _lane_rows if lanes else _affine_rows
@@ -215,22 +217,22 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False):
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel
-                rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset)
+                rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset, pf8)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
                 if left >= 8:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset, pf8)
                     b0 += 8
                 elif left >= 4:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset, pf8)
                     b0 += 4
                 elif left >= 2:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset, pf8)
                     b0 += 2
                 else:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset, pf8)
                     b0 += 1
 
     return kernel
