@@ -297,7 +297,6 @@ def nibble_dot(typingctx, codes, c_stride, c_off, xl, xh, b0, x_stride, scales, 
 
 
 DENSE_MAX = 4  # rows and tokens per call of dense_dot (its 4 x 4 accumulators stay in registers)
-PAIR_CHUNK = 2 * LANES  # bf16 weights per dense_dot chunk step (see pair_order)
 
 
 @intrinsic
@@ -305,13 +304,15 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
     """Dots of ``n_rows`` dense rows with ``n_tok`` activation rows (both literals 1..DENSE_MAX):
     out[o_off + b*o_stride + r] = sum_j w[w_off + r*w_stride + j] * x[x_off + b*x_stride + j], j < k.
     w: float32, bfloat16 bits as uint16 or float16 bits as int16; x, out: float32; C-contiguous,
-    offsets and strides in elements of the flat data. Each 16-weight chunk is converted once and
+    offsets and strides in elements of the flat data. Chunks are the host's native vector width
+    (PAIR_CHUNK / 2: 16 lanes on AVX-512, 8 on AVX2, 4 on NEON, so the 4 x 4 block's sixteen
+    accumulators fit its register file). Each chunk of weights is converted once and
     each activation chunk loaded once for the whole block. Every (row, token) is one FMA chain over
     the chunks, a fixed tree, then the k % chunk tail in order, whatever the block's size: a sequence's
     numbers do not depend on its batch, nor a prompt's on its length. bf16 rows go in chunks of
-    PAIR_CHUNK = 32 as 16 pairs of 32-bit words, the even weights by one shift and the odd by one mask
-    (half the conversion work of widening each half), so x must be in pair order (``pair_order``):
-    each full 32-block of a row as its 16 even then its 16 odd elements. ``ahead`` > 0: each chunk step
+    PAIR_CHUNK as pairs in 32-bit words, the even weights by one shift and the odd by one mask (half
+    the conversion work of widening each half), so x must be in pair order (linear.aligned_x): each
+    full PAIR_CHUNK-block of a row as its even then its odd elements. ``ahead`` > 0: each chunk step
     also asks the cache for the lines ``ahead`` elements past the first row's chunk (w_stride == k:
     the rows ``ahead / k`` further on), spread over the loop instead of a burst."""
     _check_rows(w, (types.float32, types.uint16, types.int16), "w")
@@ -327,12 +328,14 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
         w_off, w_str, kk, x_off, x_str, o_off, o_str, ahead = (_i64(context, builder, args[i], at[i])
                                                               for i in (1, 2, 4, 6, 7, 10, 11, 12))
         c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        wvec = ir.VectorType(wp.type.pointee, LANES)
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)] for _ in range(nr)]
+        lanes = PAIR_CHUNK // 2
+        vf, vi = ir.VectorType(_F32, lanes), ir.VectorType(_I32, lanes)
+        wvec = ir.VectorType(wp.type.pointee, lanes)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nb)] for _ in range(nr)]
         wrow = [builder.add(w_off, builder.mul(c(r), w_str)) for r in range(nr)]
         xrow = [builder.add(x_off, builder.mul(c(b), x_str)) for b in range(nb)]
         paired = wdt == types.uint16
-        step = PAIR_CHUNK if paired else LANES
+        step = PAIR_CHUNK if paired else lanes
         chunks = builder.udiv(kk, c(step))
         esize = context.get_abi_sizeof(context.get_data_type(wdt))
         pf_lines = max(1, nr * step * esize // 64)  # lines of rows consumed per chunk step
@@ -345,18 +348,18 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
                     _prefetch_line(builder, builder.gep(pf_base, [builder.add(builder.mul(loop.index, c(64 * pf_lines)),
                                                                               c(64 * i))]))
             if paired:
-                xe = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
-                xo = [_load_vec(builder, xp, builder.add(xrow[b], builder.add(j, c(LANES))), _VF, 4) for b in range(nb)]
+                xe = [_load_vec(builder, xp, builder.add(xrow[b], j), vf, 4) for b in range(nb)]
+                xo = [_load_vec(builder, xp, builder.add(xrow[b], builder.add(j, c(lanes))), vf, 4) for b in range(nb)]
                 for r in range(nr):
-                    words = builder.load(builder.bitcast(builder.gep(wp, [builder.add(wrow[r], j)]), _VI32.as_pointer()),
+                    words = builder.load(builder.bitcast(builder.gep(wp, [builder.add(wrow[r], j)]), vi.as_pointer()),
                                          align=2)
-                    even = builder.bitcast(builder.shl(words, ir.Constant(_VI32, [16] * LANES)), _VF)
-                    odd = builder.bitcast(builder.and_(words, ir.Constant(_VI32, [-65536] * LANES)), _VF)
+                    even = builder.bitcast(builder.shl(words, ir.Constant(vi, [16] * lanes)), vf)
+                    odd = builder.bitcast(builder.and_(words, ir.Constant(vi, [-65536] * lanes)), vf)
                     for b in range(nb):
                         _fma_into(builder, accs[r][b], even, xe[b])
                         _fma_into(builder, accs[r][b], odd, xo[b])
             else:
-                xs = [_load_vec(builder, xp, builder.add(xrow[b], j), _VF, 4) for b in range(nb)]
+                xs = [_load_vec(builder, xp, builder.add(xrow[b], j), vf, 4) for b in range(nb)]
                 for r in range(nr):
                     wv = _stored_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, 2), wdt)
                     for b in range(nb):
@@ -1027,3 +1030,6 @@ def fma_chains(typingctx, n_iter, a, out):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+PAIR_CHUNK = 2 * fma_shape()[0]  # bf16 weights per dense_dot chunk step: two native vectors
