@@ -55,7 +55,8 @@ def activation_buffers(cache: dict, b: int, k: int):
     return bufs[0][:b], bufs[1][:b], bufs[2][:b]
 
 
-_PREFETCH_STREAMS = prefetch_streams()  # dense decode rows four at a time (linear.matvec)
+_PREFETCH_STREAMS = prefetch_streams()  # read once: dense rows four at a time, 8-bit rows prefetched
+
 
 class Dense:
     """A bf16 / f16 / f32 matrix used exactly as stored (see kernels.numeric for the views)."""
@@ -336,7 +337,7 @@ class MatvecGroup:
             self._f4_bufs: dict = {}
         if self.fused:
             w0 = ws[0]
-            pf8 = prefetch_streams()
+            pf8 = _PREFETCH_STREAMS
             self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes, pf8),
                              quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True, w0.lanes, pf8))
             self._args = tuple(zip(*(w._q8_args() for w in ws)))  # (wqs, scales, biases, supers)
