@@ -113,7 +113,7 @@ def _rows_x_tokens(w, r0, rows, x, out, c0, pf_rows):
     # cost more than the task's arithmetic on rows that come from DRAM
     k = w.shape[1]
     n = out.shape[1]
-    n_blocks = (x.shape[0] // 4) * ((rows + 3) // 4)
+    n_blocks = max(1, (x.shape[0] // 4) * (rows // 4 + rows % 4))  # dense_dot calls in the task
     pf_step = (pf_rows * k + n_blocks - 1) // n_blocks
     pf = (r0 + rows) * k
     pf_end = pf + pf_rows * k
@@ -127,9 +127,8 @@ def _rows_x_tokens(w, r0, rows, x, out, c0, pf_rows):
                 dense_dot(w, (r0 + i) * k, k, 4, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
                 i += 4
             else:
-                while i < rows:
-                    dense_dot(w, (r0 + i) * k, k, 1, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
-                    i += 1
+                dense_dot(w, (r0 + i) * k, k, 1, k, x, t * k, k, 4, out, t * n + c0 + i, n, 0)
+                i += 1
 
 
 @njit(**JIT)
