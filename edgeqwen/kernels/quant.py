@@ -17,9 +17,11 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, LANE_PANEL, MAX_B, affine_q8_dot, byte_dot, lane_dot, nibble_dot, prefetch, quant_block
+from .simd import AFFINE_MAX_B, LANE_PANEL, LANES, MAX_B, affine_q8_dot, byte_dot, lane_dot, nibble_dot, prefetch, quant_block
 
 ROWS_PER_TASK = 16
+LANE_STEP_PANELS = 64  # token-panels (512 int8 codes each) of a several-token lane product's step: 32 KB,
+# L1-resident across a task's rows (_lane_rows; measured on 2560x9728: 8 tokens x 19 panels 2.3x slower)
 PREFETCH_ROWS = 4  # rows ask for the codes of the row this far ahead (measured: 3-6 best). 8-bit rows
 # only where simd.prefetch_streams(): they lost 15% by it on an AMD EPYC host whose prefetcher
 # already streamed them, and gain 1.3x on an Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms)
@@ -139,9 +141,9 @@ def _task_table(wqs):
 
 
 @njit(inline="always", **JIT)
-def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8):
     # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r];
-    # pf8: 8-bit rows prefetch too
+    # pf8: 8-bit rows prefetch too (acc unread: _lane_rows' carried sums)
     e = b0 + take
     for r in range(r0, r1):
         if (bits != 8 or pf8) and b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:  # the first token chunk streams
@@ -169,16 +171,32 @@ def from_lanes(lanes, rows, out):
 
 
 @njit(inline="always", **JIT)
-def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8):
     # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su, bits, pf8 unread: same
-    # arguments, so one kernel body serves both)
+    # arguments, so one kernel body serves both). When the tokens' codes of a row pass
+    # LANE_STEP_PANELS, the rows go in even steps of panels, each token's float sums carried in acc
+    # (rows, AFFINE_MAX_B * 16), so that a step's codes stay in L1 across the task's rows (8 tokens
+    # x 9728 codes = 78 KB did not); shorter rows go whole (steps cost 5-25% where they fit)
     e = b0 + take
-    for r in range(r0, r1):
-        if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
-            prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
-        lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, n_p, res, take, per, offset)
-        for b in range(b0, e):
-            out[b, r] = res[b - b0]
+    steps = -(-n_p * take // LANE_STEP_PANELS)  # steps of at most LANE_STEP_PANELS / take panels, even
+    if take <= 2 or steps == 1:  # (take <= 2: one step up to K = 16384, and no carrying code compiled)
+        for r in range(r0, r1):
+            if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
+                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+            lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, 0, n_p, acc[0], res, take, per, offset, 0)
+            for b in range(b0, e):
+                out[b, r] = res[b - b0]
+        return
+    step = -(-n_p // steps)
+    for p0 in range(0, n_p, step):
+        p1 = min(n_p, p0 + step)
+        for r in range(r0, r1):
+            if b0 == 0 and p0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
+                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+            lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, 1)
+            if p1 == n_p:
+                for b in range(b0, e):
+                    out[b, r] = res[b - b0]
 
 
 @lru_cache(maxsize=None)
@@ -214,25 +232,26 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True):
             i = segment_of(first, t)
             wq, sc, bi, su, out = wqs[i], scales[i], biases[i], supers[i], outs[i]
             res = np.empty(AFFINE_MAX_B, np.float32)
+            acc = np.empty((ROWS_PER_TASK, AFFINE_MAX_B * LANES), np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel
-                rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, 0, 1, bits, per, offset, pf8)
+                rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, 0, 1, bits, per, offset, pf8)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
                 if left >= 8:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 8, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 8, bits, per, offset, pf8)
                     b0 += 8
                 elif left >= 4:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 4, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 4, bits, per, offset, pf8)
                     b0 += 4
                 elif left >= 2:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 2, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 2, bits, per, offset, pf8)
                     b0 += 2
                 else:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, res, out, r0, r1, b0, 1, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 1, bits, per, offset, pf8)
                     b0 += 1
 
     return kernel

@@ -746,10 +746,16 @@ LANE_PANEL = 16  # blocks of 32 weights per panel of the lane layout (one 32-bit
 
 
 @intrinsic
-def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_rows, per, offset):
+def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry):
     """Dots of one 4-bit row in the lane layout with the ``n_rows`` (literal 1..8) int8-quantized
     activation rows from b0 on: res[b] = sum over blocks j of 32 weights (scale_j * dx[b0 + b, j] *
-    idot_j + bias_j * xs[b0 + b, j]).
+    idot_j + bias_j * xs[b0 + b, j]), over panels p0..p1-1 of a row of P = x.shape[1] / 512.
+
+    With ``carry`` (literal 1) a row can be taken in several calls of consecutive panel ranges (so that
+    a few tokens' codes of a long row stay in L1 across the rows of a task): the per-token 16-lane
+    float sums carry over in ``acc`` (f32, n_rows x 16; read when p0 > 0, written when p1 < P), and
+    res is written when p1 == P. The sums are the same, bitwise, however the row is cut. Without
+    it the call takes the whole row (p0, p1, acc unread: the loop then keeps its constants in registers).
 
     Lane layout (quant.to_lanes): the row is cut into panels of 16 blocks; panel p is 256 bytes, four
     64-byte units, and byte 4l + i of unit s holds the codes of block 16p + l at 8s + i (low nibble)
@@ -763,16 +769,18 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
     and biases are not read (Q4_0). Each token's arithmetic is the same whatever n_rows is."""
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
+    _check_array(acc, types.float32, "acc")
     plain = (types.uint16, types.int16, types.float32)
     for a in (scales, biases):
         if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in plain):
             raise TypingError(f"scales, biases must be C-contiguous 1-D arrays of {plain}, got {a}")
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
-    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset")))
-    nb, gper, code_offset = n_rows.literal_value, per.literal_value, offset.literal_value
+    _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset"),
+               (carry, (0, 1), "carry")))
+    nb, gper, code_offset, carried = n_rows.literal_value, per.literal_value, offset.literal_value, carry.literal_value
     sdt, bdt = scales.dtype, biases.dtype
-    sig = types.none(codes, scales, biases, x, dx, xs, b0, n_panels, res, n_rows, per, offset)
+    sig = types.none(codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry)
 
     def codegen(context, builder, signature, args):
         at = signature.args
@@ -783,8 +791,10 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
         dxa = context.make_array(at[4])(context, builder, value=args[4])
         xsa = context.make_array(at[5])(context, builder, value=args[5])
         first = _i64(context, builder, args[6], at[6])
-        n_p = _i64(context, builder, args[7], at[7])
-        rp = _ptr(context, builder, at[8], args[8])
+        start = _i64(context, builder, args[7], at[7])
+        stop = _i64(context, builder, args[8], at[8])
+        ap = _ptr(context, builder, at[9], args[9])
+        rp = _ptr(context, builder, at[10], args[10])
         row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
         row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
@@ -794,6 +804,19 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
         four = ir.Constant(_VI8x64, [4] * 64)
         facc = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
         n_g = LANE_PANEL // gper
+        x_data, dx_data, xs_data = xa.data, dxa.data, xsa.data
+        if carried:  # the sums so far, and every pointer moved to panel `start` (the loop body is the same)
+            fresh = builder.icmp_signed("==", start, c(0))
+            for b in range(nb):
+                builder.store(builder.select(fresh, ir.Constant(_VF, None), _load_vec(builder, ap, c(LANES * b), _VF, 4)),
+                              facc[b])
+            cp = builder.gep(cp, [builder.mul(start, c(256))])
+            sp = builder.gep(sp, [builder.mul(start, c(n_g))])
+            bp = builder.gep(bp, [builder.mul(start, c(n_g))])
+            x_data = builder.gep(x_data, [builder.mul(start, c(512))])
+            dx_data = builder.gep(dx_data, [builder.mul(start, c(LANE_PANEL))])
+            xs_data = builder.gep(xs_data, [builder.mul(start, c(LANE_PANEL))])
+            stop = builder.sub(stop, start)
         spread = ir.Constant(_VI32x16, [lane // gper for lane in range(LANE_PANEL)])
 
         def group_vec(ptr, p, dtype):
@@ -801,7 +824,7 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
                                                   ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
             return v if gper == 1 else builder.shuffle_vector(v, v, spread)
 
-        with cgutils.for_range(builder, n_p) as loop:
+        with cgutils.for_range(builder, stop) as loop:
             p = loop.index
             units = []
             for s in range(4):
@@ -817,17 +840,31 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, n_panels, res, n_r
                 xoff = builder.add(builder.mul(tok, row_x), builder.mul(p, c(512)))
                 chains = [zero16, zero16] if nb <= 2 else [zero16]  # integer sums: exact in any order
                 for s, (lo, hi) in enumerate(units):
-                    xl = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s)), _VI8x64, 1)
-                    xh = _load_vec(builder, xa.data, builder.add(xoff, c(128 * s + 64)), _VI8x64, 1)
+                    xl = _load_vec(builder, x_data, builder.add(xoff, c(128 * s)), _VI8x64, 1)
+                    xh = _load_vec(builder, x_data, builder.add(xoff, c(128 * s + 64)), _VI8x64, 1)
                     chains[0] = _dot4_64(builder, chains[0], lo, xl, True)
                     chains[-1] = _dot4_64(builder, chains[-1], hi, xh, True)
                 idot = chains[0] if len(chains) == 1 else builder.add(chains[0], chains[1])
-                d16 = _load_vec(builder, dxa.data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
-                s16 = _load_vec(builder, xsa.data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
+                d16 = _load_vec(builder, dx_data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
+                s16 = _load_vec(builder, xs_data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
                 acc = _fma(builder, builder.sitofp(idot, _VF), builder.fmul(sc, d16), builder.load(facc[b]))
                 builder.store(_fma(builder, bi, s16, acc), facc[b])
-        for b in range(nb):
-            builder.store(_hsum(builder, builder.load(facc[b])), builder.gep(rp, [c(b)]))
+
+        def finish():
+            for b, total in enumerate(_hsum_many(builder, [builder.load(f) for f in facc])):
+                builder.store(total, builder.gep(rp, [c(b)]))
+
+        if not carried:
+            finish()
+            return context.get_dummy_value()
+        done = builder.icmp_signed(">=", builder.mul(_i64(context, builder, args[8], at[8]), c(512)), row_x)
+        with builder.if_else(done) as (then, otherwise):
+            with then:
+                finish()
+            with otherwise:
+                for b in range(nb):
+                    builder.store(builder.load(facc[b]), builder.bitcast(builder.gep(ap, [c(LANES * b)]), _VF.as_pointer()),
+                                  align=4)
         return context.get_dummy_value()
 
     return sig, codegen
