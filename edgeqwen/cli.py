@@ -373,9 +373,11 @@ def _warm_up(model, cache=None) -> None:
     tty = sys.stderr.isatty()
     if tty:
         click.echo(_dim("preparing kernels (compiled once, then cached)…"), nl=False, err=True)
-    cache = cache if cache is not None else model.new_cache(8)
-    model.forward([0, 1], cache)
-    model.forward([2], cache)
+    cache = cache if cache is not None else model.new_cache(16)
+    n = max(1, min(9, cache.ctx - 3))  # prompts of more than eight tokens have their own kernels
+    model.forward(list(range(n)), cache)
+    model.forward([n, n + 1], cache)  # a few tokens (short prompts, batch decode), then one
+    model.forward([n + 2], cache)
     cache.reset()
     if tty:
         click.echo("\r\033[K", nl=False, err=True)

@@ -338,8 +338,10 @@ class MatvecGroup:
         if self.fused:
             w0 = ws[0]
             pf8 = _PREFETCH_STREAMS
-            self._kernels = (quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, False, w0.lanes, pf8),
-                             quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, True, w0.lanes, pf8))
+            # one token; a few (batch decode); more than AFFINE_MAX_B (prefill: 4-bit lane rows in pairs)
+            self._kernels = tuple(quant.affine_matvec_q8(w0.bits, w0.group_size // 32, w0.offset, batched, w0.lanes, pf8,
+                                                         pairs) for batched, pairs in ((False, False), (True, False),
+                                                                                        (True, w0.lanes)))
             self._args = tuple(zip(*(w._q8_args() for w in ws)))  # (wqs, scales, biases, supers)
             self._bufs: dict = {}
             # activation codes per token: K, or whole panels of the lane layout
@@ -364,7 +366,8 @@ class MatvecGroup:
                 w.matvec(x, out)
             return
         xq, dx, xs = activation_buffers(self._bufs, x.shape[0], self._k)
-        self._kernels[x.shape[0] > 1](*self._args, x, xq, dx, xs, outs)
+        b = x.shape[0]
+        self._kernels[0 if b == 1 else 1 if b <= quant.AFFINE_MAX_B else 2](*self._args, x, xq, dx, xs, outs)
 
     def matmul(self, x: np.ndarray, outs: tuple) -> None:
         """outs[i] (T, N_i) = x (T, K) @ ws[i].T for prefill: the decode kernel when fused (its

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, LANE_PANEL, LANES, MAX_B, affine_q8_dot, byte_dot, lane_dot, nibble_dot, prefetch, quant_block
+from .simd import AFFINE_MAX_B, LANE_PANEL, LANES, MAX_B, affine_q8_dot, byte_dot, lane_dot, lane_pair, nibble_dot, prefetch, quant_block
 
 ROWS_PER_TASK = 16
 LANE_STEP_PANELS = 64  # token-panels (512 int8 codes each) of a several-token lane product's step: 32 KB,
@@ -141,9 +141,9 @@ def _task_table(wqs):
 
 
 @njit(inline="always", **JIT)
-def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
     # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r];
-    # pf8: 8-bit rows prefetch too (acc unread: _lane_rows' carried sums)
+    # pf8: 8-bit rows prefetch too (acc, pairs unread: _lane_rows' carried sums and row pairs)
     e = b0 + take
     for r in range(r0, r1):
         if (bits != 8 or pf8) and b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:  # the first token chunk streams
@@ -171,36 +171,53 @@ def from_lanes(lanes, rows, out):
 
 
 @njit(inline="always", **JIT)
-def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8):
+def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, carry, pf, pairs):
+    # rows r0..r1-1 over panels p0..p1 (of n_p) against tokens b0..b0+take-1; with pairs (literal),
+    # eight tokens go two rows at a time (simd.lane_pair, four tokens a call), a last odd row alone;
+    # pf: ask for the rows PREFETCH_ROWS ahead
+    r = r0
+    if pairs and take == 8:
+        while r + 1 < r1:
+            if pf and r + 1 + PREFETCH_ROWS < wq.shape[0]:
+                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], 2 * wq.shape[1])
+            for h in range(0, take, 4):
+                lane_pair(wq, sc, bi, r, xq, dx, xs, b0 + h, p0, p1, acc, r - r0, 16 * h, res, 4, per, offset, carry)
+                if p1 == n_p:
+                    for b in range(4):
+                        out[b0 + h + b, r] = res[b]
+                        out[b0 + h + b, r + 1] = res[AFFINE_MAX_B + b]
+            r += 2
+    while r < r1:
+        if pf and r + PREFETCH_ROWS < wq.shape[0]:
+            prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+        lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, carry)
+        if p1 == n_p:
+            for b in range(take):
+                out[b0 + b, r] = res[b]
+        r += 1
+
+
+@njit(inline="always", **JIT)
+def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
     # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su, bits, pf8 unread: same
     # arguments, so one kernel body serves both). When the tokens' codes of a row pass
     # LANE_STEP_PANELS, the rows go in even steps of panels, each token's float sums carried in acc
     # (rows, AFFINE_MAX_B * 16), so that a step's codes stay in L1 across the task's rows (8 tokens
     # x 9728 codes = 78 KB did not); shorter rows go whole (steps cost 5-25% where they fit)
-    e = b0 + take
     steps = -(-n_p * take // LANE_STEP_PANELS)  # steps of at most LANE_STEP_PANELS / take panels, even
     if take <= 2 or steps == 1:  # (take <= 2: one step up to K = 16384, and no carrying code compiled)
-        for r in range(r0, r1):
-            if b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
-                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
-            lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, 0, n_p, acc[0], res, take, per, offset, 0)
-            for b in range(b0, e):
-                out[b, r] = res[b - b0]
+        _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, 0, n_p, n_p, 0, b0 == 0,
+                   pairs)
         return
     step = -(-n_p // steps)
     for p0 in range(0, n_p, step):
         p1 = min(n_p, p0 + step)
-        for r in range(r0, r1):
-            if b0 == 0 and p0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:
-                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
-            lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, 1)
-            if p1 == n_p:
-                for b in range(b0, e):
-                    out[b, r] = res[b - b0]
+        _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, 1,
+                   b0 == 0 and p0 == 0, pairs)
 
 
 @lru_cache(maxsize=None)
-def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True):
+def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, pairs=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
     blocks of 32 per group (0: Q6_K's 16-weight groups) and codes ``offset`` (simd.affine_q8_dot):
     kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs), each of wqs, scales, biases, supers,
@@ -211,7 +228,9 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True):
     a separate compile, made only when several sequences decode together. ``lanes``: 4-bit rows
     repacked by to_lanes (scales and biases padded to whole panels), run by simd.lane_dot; xq then
     holds (B, P*512) codes and dx, xs at least P*16 blocks. ``pf8``: 8-bit rows prefetched too
-    (simd.prefetch_streams)."""
+    (simd.prefetch_streams). ``pairs`` (lanes, batched): eight tokens take two rows at a time
+    (simd.lane_pair), for prefill: the same numbers; a separate compile, as the pair code slowed the
+    four-token rows of the kernel it shared (3072x1024 0.038 -> 0.043 ms)."""
 
     order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
     rows = _lane_rows if lanes else _affine_rows
@@ -231,27 +250,27 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True):
         for t in prange(first[-1]):
             i = segment_of(first, t)
             wq, sc, bi, su, out = wqs[i], scales[i], biases[i], supers[i], outs[i]
-            res = np.empty(AFFINE_MAX_B, np.float32)
+            res = np.empty(2 * AFFINE_MAX_B, np.float32)  # (two rows' for simd.lane_pair)
             acc = np.empty((ROWS_PER_TASK, AFFINE_MAX_B * LANES), np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel
-                rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, 0, 1, bits, per, offset, pf8)
+                rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, 0, 1, bits, per, offset, pf8, pairs)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
                 if left >= 8:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 8, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 8, bits, per, offset, pf8, pairs)
                     b0 += 8
                 elif left >= 4:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 4, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 4, bits, per, offset, pf8, pairs)
                     b0 += 4
                 elif left >= 2:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 2, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 2, bits, per, offset, pf8, pairs)
                     b0 += 2
                 else:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 1, bits, per, offset, pf8)
+                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 1, bits, per, offset, pf8, pairs)
                     b0 += 1
 
     return kernel

@@ -745,6 +745,116 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
 LANE_PANEL = 16  # blocks of 32 weights per panel of the lane layout (one 32-bit lane each)
 
 
+def _lane_checks(scales, biases, x, dx, xs, ndim):
+    plain = (types.uint16, types.int16, types.float32)
+    for a in (scales, biases):
+        if not (isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and a.dtype in plain):
+            raise TypingError(f"scales, biases must be C-contiguous {ndim}-D arrays of {plain}, got {a}")
+    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
+        _check_array(a, dt, "activations", 2)
+
+
+def _lane_codegen(context, builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, code_offset, carried, sdt, bdt):
+    """The body of lane_dot and lane_pair: rows is a list of one or two (codes, scales, biases, acc,
+    res) pointers (acc at the row's first carried token)."""
+    nw = len(rows)
+    c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+    cps, sps, bps, aps, rps = (list(t) for t in zip(*rows))
+    row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+    row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
+    row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
+    zero16 = ir.Constant(_VI32x16, None)
+    fifteen = ir.Constant(_VI8x64, [15] * 64)
+    four = ir.Constant(_VI8x64, [4] * 64)
+    facc = [[cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)] for _ in range(nw)]
+    n_g = LANE_PANEL // gper
+    x_data, dx_data, xs_data = xa.data, dxa.data, xsa.data
+    count = stop
+    if carried:  # the sums so far, and every pointer moved to panel `start` (the loop body is the same)
+        fresh = builder.icmp_signed("==", start, c(0))
+        for j in range(nw):
+            for b in range(nb):
+                builder.store(builder.select(fresh, ir.Constant(_VF, None),
+                                             _load_vec(builder, aps[j], c(LANES * b), _VF, 4)), facc[j][b])
+        cps = [builder.gep(p_, [builder.mul(start, c(256))]) for p_ in cps]
+        sps = [builder.gep(p_, [builder.mul(start, c(n_g))]) for p_ in sps]
+        bps = [builder.gep(p_, [builder.mul(start, c(n_g))]) for p_ in bps]
+        x_data = builder.gep(x_data, [builder.mul(start, c(512))])
+        dx_data = builder.gep(dx_data, [builder.mul(start, c(LANE_PANEL))])
+        xs_data = builder.gep(xs_data, [builder.mul(start, c(LANE_PANEL))])
+        count = builder.sub(stop, start)
+    spread = ir.Constant(_VI32x16, [lane // gper for lane in range(LANE_PANEL)])
+
+    def group_vec(ptr, p, dtype):
+        v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.mul(p, c(n_g)),
+                                              ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
+        return v if gper == 1 else builder.shuffle_vector(v, v, spread)
+
+    def unit(j, p, s):  # the low and high nibbles of 64-byte unit s of row j's panel p
+        raw = _load_vec(builder, cps[j], builder.add(builder.mul(p, c(256)), c(64 * s)), _VI8x64, 1)
+        return builder.and_(raw, fifteen), builder.and_(builder.lshr(raw, four), fifteen)
+
+    def xunit(b, p, half):  # token b's 64 activation codes for unit half // 2: low (0) or high (1) nibbles
+        off = builder.add(builder.mul(builder.add(first, c(b)), row_x), builder.mul(p, c(512)))
+        return _load_vec(builder, x_data, builder.add(off, c(64 * half)), _VI8x64, 1)
+
+    def scale(b, p, idots, scb):  # token b's float sums += its blocks' integer dots, scaled, and the bias terms
+        tok = builder.add(first, c(b))
+        d16 = _load_vec(builder, dx_data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
+        s16 = _load_vec(builder, xs_data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
+        for j, (sc, bi) in enumerate(scb):
+            f = _fma(builder, builder.sitofp(idots[j], _VF), builder.fmul(sc, d16), builder.load(facc[j][b]))
+            builder.store(_fma(builder, bi, s16, f), facc[j][b])
+
+    with cgutils.for_range(builder, count) as loop:
+        p = loop.index
+        scb = []
+        for j in range(nw):
+            sc = group_vec(sps[j], p, sdt)
+            if code_offset:
+                bi = builder.fmul(sc, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF))
+            else:
+                bi = group_vec(bps[j], p, bdt)
+            scb.append((sc, bi))
+        if nw == 1:  # every unit decoded once, then each token's chain(s) past them
+            units = [unit(0, p, s) for s in range(4)]
+            for b in range(nb):
+                chains = [zero16, zero16] if nb <= 2 else [zero16]  # integer sums: exact in any order
+                for s, (lo, hi) in enumerate(units):
+                    chains[0] = _dot4_64(builder, chains[0], lo, xunit(b, p, 2 * s), True)
+                    chains[-1] = _dot4_64(builder, chains[-1], hi, xunit(b, p, 2 * s + 1), True)
+                scale(b, p, [chains[0] if len(chains) == 1 else builder.add(chains[0], chains[1])], scb)
+        else:  # unit by unit: each activation load serves both rows
+            sums = [[zero16] * nw for _ in range(nb)]
+            for s in range(4):
+                us = [unit(j, p, s) for j in range(nw)]
+                for b in range(nb):
+                    xl, xh = xunit(b, p, 2 * s), xunit(b, p, 2 * s + 1)
+                    for j, (lo, hi) in enumerate(us):
+                        sums[b][j] = _dot4_64(builder, _dot4_64(builder, sums[b][j], lo, xl, True), hi, xh, True)
+            for b in range(nb):
+                scale(b, p, sums[b], scb)
+
+    def finish():
+        totals = _hsum_many(builder, [builder.load(f) for fj in facc for f in fj])
+        for j in range(nw):
+            for b in range(nb):
+                builder.store(totals[j * nb + b], builder.gep(rps[j], [c(b)]))
+
+    if not carried:
+        finish()
+        return
+    done = builder.icmp_signed(">=", builder.mul(stop, c(512)), row_x)
+    with builder.if_else(done) as (then, otherwise):
+        with then:
+            finish()
+        with otherwise:
+            for j in range(nw):
+                for b in range(nb):
+                    builder.store(builder.load(facc[j][b]),
+                                  builder.bitcast(builder.gep(aps[j], [c(LANES * b)]), _VF.as_pointer()), align=4)
+
+
 @intrinsic
 def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry):
     """Dots of one 4-bit row in the lane layout with the ``n_rows`` (literal 1..8) int8-quantized
@@ -766,105 +876,65 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, 
     the 64 of the high ones); dx, xs per block (zero for padding blocks). Scales and biases (stored
     dtype: uint16 bf16, int16 f16 or f32) hold one value per group of ``per`` (literal 1, 2, 4)
     blocks, padded to whole panels; ``offset`` (literal 0 or 8): when 8 every bias is -8 x its scale
-    and biases are not read (Q4_0). Each token's arithmetic is the same whatever n_rows is."""
+    and biases are not read (Q4_0). Each token's arithmetic is the same whatever n_rows is, and the
+    same in lane_pair."""
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
     _check_array(acc, types.float32, "acc")
-    plain = (types.uint16, types.int16, types.float32)
-    for a in (scales, biases):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in plain):
-            raise TypingError(f"scales, biases must be C-contiguous 1-D arrays of {plain}, got {a}")
-    for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
-        _check_array(a, dt, "activations", 2)
+    _lane_checks(scales, biases, x, dx, xs, 1)
     _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset"),
                (carry, (0, 1), "carry")))
-    nb, gper, code_offset, carried = n_rows.literal_value, per.literal_value, offset.literal_value, carry.literal_value
-    sdt, bdt = scales.dtype, biases.dtype
     sig = types.none(codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry)
 
     def codegen(context, builder, signature, args):
         at = signature.args
-        cp = _ptr(context, builder, at[0], args[0])
-        sp = _ptr(context, builder, at[1], args[1])
-        bp = _ptr(context, builder, at[2], args[2])
-        xa = context.make_array(at[3])(context, builder, value=args[3])
-        dxa = context.make_array(at[4])(context, builder, value=args[4])
-        xsa = context.make_array(at[5])(context, builder, value=args[5])
-        first = _i64(context, builder, args[6], at[6])
-        start = _i64(context, builder, args[7], at[7])
-        stop = _i64(context, builder, args[8], at[8])
-        ap = _ptr(context, builder, at[9], args[9])
-        rp = _ptr(context, builder, at[10], args[10])
-        row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-        row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
-        row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
-        c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        zero16 = ir.Constant(_VI32x16, None)
-        fifteen = ir.Constant(_VI8x64, [15] * 64)
-        four = ir.Constant(_VI8x64, [4] * 64)
-        facc = [cgutils.alloca_once_value(builder, ir.Constant(_VF, None)) for _ in range(nb)]
-        n_g = LANE_PANEL // gper
-        x_data, dx_data, xs_data = xa.data, dxa.data, xsa.data
-        if carried:  # the sums so far, and every pointer moved to panel `start` (the loop body is the same)
-            fresh = builder.icmp_signed("==", start, c(0))
-            for b in range(nb):
-                builder.store(builder.select(fresh, ir.Constant(_VF, None), _load_vec(builder, ap, c(LANES * b), _VF, 4)),
-                              facc[b])
-            cp = builder.gep(cp, [builder.mul(start, c(256))])
-            sp = builder.gep(sp, [builder.mul(start, c(n_g))])
-            bp = builder.gep(bp, [builder.mul(start, c(n_g))])
-            x_data = builder.gep(x_data, [builder.mul(start, c(512))])
-            dx_data = builder.gep(dx_data, [builder.mul(start, c(LANE_PANEL))])
-            xs_data = builder.gep(xs_data, [builder.mul(start, c(LANE_PANEL))])
-            stop = builder.sub(stop, start)
-        spread = ir.Constant(_VI32x16, [lane // gper for lane in range(LANE_PANEL)])
+        ptrs = [_ptr(context, builder, at[i], args[i]) for i in (0, 1, 2, 9, 10)]
+        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (3, 4, 5)]
+        first, start, stop = (_i64(context, builder, args[i], at[i]) for i in (6, 7, 8))
+        _lane_codegen(context, builder, [ptrs], *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
+                      offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
+        return context.get_dummy_value()
 
-        def group_vec(ptr, p, dtype):
-            v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.mul(p, c(n_g)),
-                                                  ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
-            return v if gper == 1 else builder.shuffle_vector(v, v, spread)
+    return sig, codegen
 
-        with cgutils.for_range(builder, stop) as loop:
-            p = loop.index
-            units = []
-            for s in range(4):
-                raw = _load_vec(builder, cp, builder.add(builder.mul(p, c(256)), c(64 * s)), _VI8x64, 1)
-                units.append((builder.and_(raw, fifteen), builder.and_(builder.lshr(raw, four), fifteen)))
-            sc = group_vec(sp, p, sdt)
-            if code_offset:
-                bi = builder.fmul(sc, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF))
-            else:
-                bi = group_vec(bp, p, bdt)
-            for b in range(nb):
-                tok = builder.add(first, c(b))
-                xoff = builder.add(builder.mul(tok, row_x), builder.mul(p, c(512)))
-                chains = [zero16, zero16] if nb <= 2 else [zero16]  # integer sums: exact in any order
-                for s, (lo, hi) in enumerate(units):
-                    xl = _load_vec(builder, x_data, builder.add(xoff, c(128 * s)), _VI8x64, 1)
-                    xh = _load_vec(builder, x_data, builder.add(xoff, c(128 * s + 64)), _VI8x64, 1)
-                    chains[0] = _dot4_64(builder, chains[0], lo, xl, True)
-                    chains[-1] = _dot4_64(builder, chains[-1], hi, xh, True)
-                idot = chains[0] if len(chains) == 1 else builder.add(chains[0], chains[1])
-                d16 = _load_vec(builder, dx_data, builder.add(builder.mul(tok, row_d), builder.mul(p, c(16))), _VF, 4)
-                s16 = _load_vec(builder, xs_data, builder.add(builder.mul(tok, row_s), builder.mul(p, c(16))), _VF, 4)
-                acc = _fma(builder, builder.sitofp(idot, _VF), builder.fmul(sc, d16), builder.load(facc[b]))
-                builder.store(_fma(builder, bi, s16, acc), facc[b])
 
-        def finish():
-            for b, total in enumerate(_hsum_many(builder, [builder.load(f) for f in facc])):
-                builder.store(total, builder.gep(rp, [c(b)]))
+@intrinsic
+def lane_pair(typingctx, codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows, per,
+              offset, carry):
+    """lane_dot for the two rows r, r + 1 at once, against ``n_rows`` (literal 1..4) tokens from b0:
+    res[j * H + b] for row r + j, H = len(res) // 2. codes (N, P*256) u8, scales and biases (N, G) and
+    acc (R, >= 16 n_rows) are whole C-contiguous 2-D arrays (carried sums of row r + j at
+    acc[a_row + j, a_col + 16 b]). Every activation load serves both rows (a panel's eight 64-byte loads per
+    token feed 16 vpdpbusd instead of 8: several tokens are otherwise bound by the loads); each
+    token's arithmetic is lane_dot's."""
+    _check_array(codes, types.uint8, "codes", 2)
+    _check_array(res, types.float32, "res")
+    _check_array(acc, types.float32, "acc", 2)
+    _lane_checks(scales, biases, x, dx, xs, 2)
+    _literals(((n_rows, range(1, 5), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset"),
+               (carry, (0, 1), "carry")))
+    sig = types.none(codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows, per, offset,
+                     carry)
 
-        if not carried:
-            finish()
-            return context.get_dummy_value()
-        done = builder.icmp_signed(">=", builder.mul(_i64(context, builder, args[8], at[8]), c(512)), row_x)
-        with builder.if_else(done) as (then, otherwise):
-            with then:
-                finish()
-            with otherwise:
-                for b in range(nb):
-                    builder.store(builder.load(facc[b]), builder.bitcast(builder.gep(ap, [c(LANES * b)]), _VF.as_pointer()),
-                                  align=4)
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        arrs = [context.make_array(at[i])(context, builder, value=args[i]) for i in (0, 1, 2, 10, 13)]
+        strides = [cgutils.unpack_tuple(builder, a.shape, 2)[1] for a in arrs[:4]]
+        strides.append(builder.udiv(cgutils.unpack_tuple(builder, arrs[4].shape, 1)[0], ir.Constant(_I64, 2)))
+        row, first, start, stop, a_r, a_c = (_i64(context, builder, args[i], at[i]) for i in (3, 7, 8, 9, 11, 12))
+
+        def at_row(i, line, extra=None):
+            off = builder.mul(line, strides[i])
+            return builder.gep(arrs[i].data, [off if extra is None else builder.add(off, extra)])
+
+        rows = []
+        for j in range(2):
+            rj = builder.add(row, ir.Constant(_I64, j))
+            rows.append((at_row(0, rj), at_row(1, rj), at_row(2, rj), at_row(3, builder.add(a_r, ir.Constant(_I64, j)), a_c),
+                         at_row(4, ir.Constant(_I64, j))))
+        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (4, 5, 6)]
+        _lane_codegen(context, builder, rows, *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
+                      offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
         return context.get_dummy_value()
 
     return sig, codegen
