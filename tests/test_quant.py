@@ -351,3 +351,24 @@ def test_kv_cache_storage_follows_the_weights(monkeypatch):
     assert edgeqwen.load(GQ / "int4-g64").kv_dtype == "f32"
     with pytest.raises(EdgeQwenError, match="KV cache storage"):
         edgeqwen.load(GQ / "int4-g64", kv_cache="f8")
+
+
+def test_int8_activation_kernel_comes_from_the_disk_cache_in_a_new_process(tmp_path):
+    # the kernels are closures made per layout; a Dispatcher in their closure once made the cache
+    # key differ in every process, so every run compiled them again (13-25 s for a 4-bit model)
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "from edgeqwen.weights import Affine\n"
+        "w = Affine(np.zeros((16, 32), np.uint8), np.ones((16, 1), np.float32), np.zeros((16, 1), np.float32), 4, 64)\n"
+        "w.matvec(np.ones((1, 64), np.float32), np.empty((1, 16), np.float32))\n"
+        "s = w._group._kernels[0].stats\n"
+        "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    first, second = ([int(v) for v in r.stdout.split()] for r in runs)
+    assert first == [0, 1]  # compiled and saved
+    assert second == [1, 0]  # loaded

@@ -216,6 +216,18 @@ def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take,
                    b0 == 0 and p0 == 0, pairs)
 
 
+@njit(inline="always", **JIT)
+def _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
+    # the row helper of the kernel's layout (lanes: a constant of the kernel, so one branch compiles).
+    # Chosen here, not by putting the helper in the kernel's closure: a Dispatcher in a closure cell
+    # pickles differently in every process, so the disk cache never matched and every run compiled
+    # the int8-activation kernels again (13-25 s for a 4-bit model)
+    if lanes:
+        _lane_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs)
+    else:
+        _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs)
+
+
 @lru_cache(maxsize=None)
 def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, pairs=False):
     """The int8-activation decode kernel for MLX affine rows of ``bits`` (4, 8) with ``per`` (1, 2, 4)
@@ -233,7 +245,6 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, 
     four-token rows of the kernel it shared (3072x1024 0.038 -> 0.043 ms)."""
 
     order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
-    rows = _lane_rows if lanes else _affine_rows
 
     @njit(parallel=True, **JIT)
     def kernel(wqs, scales, biases, supers, x, xq, dx, xs, outs):
@@ -255,22 +266,22 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, 
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel
-                rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, 0, 1, bits, per, offset, pf8, pairs)
+                _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, 0, 1, bits, per, offset, pf8, pairs)
                 continue
             b0 = 0  # 8, 4, 2 and 1 tokens per code decode; the task's rows stay in L1 between chunks
             while b0 < n_b:
                 left = n_b - b0
                 if left >= 8:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 8, bits, per, offset, pf8, pairs)
+                    _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 8, bits, per, offset, pf8, pairs)
                     b0 += 8
                 elif left >= 4:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 4, bits, per, offset, pf8, pairs)
+                    _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 4, bits, per, offset, pf8, pairs)
                     b0 += 4
                 elif left >= 2:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 2, bits, per, offset, pf8, pairs)
+                    _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 2, bits, per, offset, pf8, pairs)
                     b0 += 2
                 else:
-                    rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 1, bits, per, offset, pf8, pairs)
+                    _rows(lanes, wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, 1, bits, per, offset, pf8, pairs)
                     b0 += 1
 
     return kernel
