@@ -754,7 +754,7 @@ def _lane_checks(scales, biases, x, dx, xs, ndim):
         _check_array(a, dt, "activations", 2)
 
 
-def _lane_codegen(context, builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, code_offset, carried, sdt, bdt):
+def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, code_offset, carried, sdt, bdt):
     """The body of lane_dot and lane_pair: rows is a list of one or two (codes, scales, biases, acc,
     res) pointers (acc at the row's first carried token)."""
     nw = len(rows)
@@ -891,7 +891,7 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, 
         ptrs = [_ptr(context, builder, at[i], args[i]) for i in (0, 1, 2, 9, 10)]
         arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (3, 4, 5)]
         first, start, stop = (_i64(context, builder, args[i], at[i]) for i in (6, 7, 8))
-        _lane_codegen(context, builder, [ptrs], *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
+        _lane_codegen(builder, [ptrs], *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
                       offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
         return context.get_dummy_value()
 
@@ -933,7 +933,7 @@ def lane_pair(typingctx, codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a
             rows.append((at_row(0, rj), at_row(1, rj), at_row(2, rj), at_row(3, builder.add(a_r, ir.Constant(_I64, j)), a_c),
                          at_row(4, ir.Constant(_I64, j))))
         arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (4, 5, 6)]
-        _lane_codegen(context, builder, rows, *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
+        _lane_codegen(builder, rows, *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
                       offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
         return context.get_dummy_value()
 
