@@ -219,25 +219,28 @@ def test_default_model_answers(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
-@pytest.mark.parametrize("n,k", [(7, 256), (33, 1024), (3, 2304)])
+@pytest.mark.parametrize("n,k", [(7, 256), (33, 1024), (3, 2304), (5, 9216)])
 def test_int8_activation_block_kernels(kind, n, k):
     # decode and prefill by default: activations rounded to int8 per block of 32 (d = max|x| / 127,
     # kept in f32), then integer dots with the rewritten codes; emulated in NumPy, the kernel must
-    # agree to float rounding
+    # agree to float rounding. 13 tokens go 8 + 4 + 1; k=9216 is long enough that 8 and 4 tokens
+    # take the rows in steps, carrying their sums
+    t = 13
     w, ref = random_blocks(kind, n, k)
-    x = rng.standard_normal((6, k)).astype(np.float32)
-    xb = x.reshape(6, -1, 32)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    xb = x.reshape(t, -1, 32)
     amax = np.abs(xb).max(-1, keepdims=True)
     q = np.rint(xb * (np.float32(127) / amax))
-    want = (q * (amax / np.float32(127))).reshape(6, k) @ ref.T
+    want = (q * (amax / np.float32(127))).reshape(t, k) @ ref.T
     assert w.int8_activations
-    out = np.full((6, n), np.nan, np.float32)
+    out = np.full((t, n), np.nan, np.float32)
     w.matvec(x, out)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())
-    one = np.empty((1, n), np.float32)
-    w.matvec(x[4:5], one)
-    np.testing.assert_array_equal(one[0], out[4])
-    pre = np.empty((6, n), np.float32)
+    for i in (4, 10, 12):  # a token alone (whole rows): the same numbers as in its batch
+        one = np.empty((1, n), np.float32)
+        w.matvec(x[i:i + 1], one)
+        np.testing.assert_array_equal(one[0], out[i])
+    pre = np.empty((t, n), np.float32)
     w.matmul(x, pre)
     np.testing.assert_array_equal(pre, out)
 

@@ -159,12 +159,13 @@ def q8_reference(x, ref):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("gs", [32, 64, 128])
 @pytest.mark.parametrize("n,k,scale_kind", [(1, 128, "bf16"), (37, 256, "f16"), (70, 384, "f32"), (5, 2304, "bf16"),
-                                             (3, 1024, "f32"), (19, 8960, "bf16")])
+                                             (3, 1024, "f32"), (19, 9088, "bf16")])
 def test_affine_int8_activation_kernels(bits, gs, n, k, scale_kind):
     # the integer-dot decode kernel against a NumPy emulation of the same activation rounding; odd
     # row counts, block counts that are not whole octets (k=384: 12 blocks) or whole lane panels
-    # (k=1024 is: the lane copy then keeps the stored scales), batches of 1..9 tokens; k=8960
-    # (17.5 panels) is long enough that 4 and 8 tokens take the 4-bit rows in steps of panels
+    # (k=1024 is: the lane copy then keeps the stored scales), batches of 1..9 tokens; k=9088
+    # (17.75 panels, 35.5 octets) is long enough that 4 and 8 tokens take the rows in steps (of panels for
+    # 4 bits, of octets for 8) carrying their sums, a partial octet or panel in the last step
     w, ref = affine_random(n, k, bits, gs, scale_kind)
     x = rng.standard_normal((9, k)).astype(np.float32)
     x[0, :32] = 0.0  # an all-zero block

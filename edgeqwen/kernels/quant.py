@@ -17,11 +17,13 @@ from numba import njit, prange
 
 from .linear import TILE_ROWS, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
-from .simd import AFFINE_MAX_B, LANE_PANEL, LANES, MAX_B, affine_q8_dot, byte_dot, lane_dot, lane_pair, nibble_dot, prefetch, quant_block
+from .simd import (AFFINE_MAX_B, LANE_PANEL, MAX_B, Q8_CARRY, affine_q8_dot, byte_dot, lane_dot, lane_pair, nibble_dot,
+                   prefetch, quant_block)
 
 ROWS_PER_TASK = 16
-LANE_STEP_PANELS = 64  # token-panels (512 int8 codes each) of a several-token lane product's step: 32 KB,
-# L1-resident across a task's rows (_lane_rows; measured on 2560x9728: 8 tokens x 19 panels 2.3x slower)
+STEP_CODES = 32 * 1024  # activation codes (all tokens) of a step of a several-token product of long rows, so
+# that they stay in L1 across a task's rows (_lane_rows, _affine_rows; measured on 2560x9728: eight tokens'
+# 78 KB made 4-bit lane rows 2.3x slower and 8-bit rows 3x slower)
 PREFETCH_ROWS = 4  # rows ask for the codes of the row this far ahead (measured: 3-6 best). 8-bit rows
 # only where simd.prefetch_streams(): they lost 15% by it on an AMD EPYC host whose prefetcher
 # already streamed them, and gain 1.3x on an Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms)
@@ -141,16 +143,37 @@ def _task_table(wqs):
 
 
 @njit(inline="always", **JIT)
-def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
-    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r];
-    # pf8: 8-bit rows prefetch too (acc, pairs unread: _lane_rows' carried sums and row pairs)
+def _affine_step(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, m0, m1, n_m,
+                 carry, pf):
+    # rows r0..r1-1 over octets m0..m1-1 (of n_m) against tokens b0..b0+take-1; pf: ask for the rows
+    # PREFETCH_ROWS ahead
     e = b0 + take
     for r in range(r0, r1):
-        if (bits != 8 or pf8) and b0 == 0 and r + PREFETCH_ROWS < wq.shape[0]:  # the first token chunk streams
+        if pf and r + PREFETCH_ROWS < wq.shape[0]:
             prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
-        affine_q8_dot(wq[r], sc[r], bi[r], su[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, res, take, bits, per, offset)
-        for b in range(b0, e):
-            out[b, r] = res[b - b0]
+        affine_q8_dot(wq[r], sc[r], bi[r], su[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, m0, m1, acc[r - r0], res, take,
+                      bits, per, offset, carry)
+        if m1 == n_m:
+            for b in range(b0, e):
+                out[b, r] = res[b - b0]
+
+
+@njit(inline="always", **JIT)
+def _affine_rows(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
+    # rows r0..r1-1 against tokens b0..b0+take-1 (take, bits, per, offset literals): out[b, r];
+    # pf8: 8-bit rows prefetch too (pairs unread: the lane layout's row pairs). Long rows go in steps
+    # of octets as _lane_rows' go in panels, each token's sums carried in acc (rows, AFFINE_MAX_B * Q8_CARRY)
+    pf = (bits != 8 or pf8) and b0 == 0  # the first token chunk streams
+    n_m = -(-nb // 8)
+    steps = -(-n_m * 256 * take // STEP_CODES)
+    if take <= 2 or steps == 1:  # (take <= 2: one step up to K = 16384, and no carrying code compiled)
+        _affine_step(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, 0, n_m, n_m, 0,
+                     pf)
+        return
+    step = -(-n_m // steps)
+    for m0 in range(0, n_m, step):
+        _affine_step(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, m0,
+                     min(n_m, m0 + step), n_m, 1, pf and m0 == 0)
 
 
 @njit(**JIT)
@@ -201,10 +224,10 @@ def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, off
 def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
     # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su, bits, pf8 unread: same
     # arguments, so one kernel body serves both). When the tokens' codes of a row pass
-    # LANE_STEP_PANELS, the rows go in even steps of panels, each token's float sums carried in acc
-    # (rows, AFFINE_MAX_B * 16), so that a step's codes stay in L1 across the task's rows (8 tokens
+    # STEP_CODES, the rows go in even steps of panels, each token's float sums carried in acc
+    # (rows, >= AFFINE_MAX_B * 16), so that a step's codes stay in L1 across the task's rows (8 tokens
     # x 9728 codes = 78 KB did not); shorter rows go whole (steps cost 5-25% where they fit)
-    steps = -(-n_p * take // LANE_STEP_PANELS)  # steps of at most LANE_STEP_PANELS / take panels, even
+    steps = -(-n_p * 512 * take // STEP_CODES)  # steps of at most STEP_CODES / take codes, even
     if take <= 2 or steps == 1:  # (take <= 2: one step up to K = 16384, and no carrying code compiled)
         _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, 0, n_p, n_p, 0, b0 == 0,
                    pairs)
@@ -262,7 +285,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, 
             i = segment_of(first, t)
             wq, sc, bi, su, out = wqs[i], scales[i], biases[i], supers[i], outs[i]
             res = np.empty(2 * AFFINE_MAX_B, np.float32)  # (two rows' for simd.lane_pair)
-            acc = np.empty((ROWS_PER_TASK, AFFINE_MAX_B * LANES), np.float32)
+            acc = np.empty((ROWS_PER_TASK, AFFINE_MAX_B * Q8_CARRY), np.float32)
             r0 = (t - first[i]) * ROWS_PER_TASK
             r1 = min(wq.shape[0], r0 + ROWS_PER_TASK)
             if not batched:  # a compile-time constant: one copy of the row code per kernel

@@ -467,6 +467,7 @@ def _dot4(builder, acc, a, b, small=False):
 _VI8x64 = ir.VectorType(ir.IntType(8), 64)
 _VI32x16 = ir.VectorType(_I32, 16)
 AFFINE_MAX_B = 8  # tokens per call of affine_q8_dot
+Q8_CARRY = 24  # floats per token of affine_q8_dot's carried sums (16 lanes, 8 bias sums)
 
 
 def _has_avx512_vnni() -> bool:
@@ -519,7 +520,8 @@ def _stored_to_f32(builder, v, dtype):
 
 
 @intrinsic
-def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks, res, n_rows, bits, per, offset):
+def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks, m0, m1, acc, res, n_rows, bits, per,
+                  offset, carry):
     """Dots of one MLX affine row (``bits`` 4 or 8, literal) with ``n_rows`` (literal 1..8) int8-quantized
     activation rows: res[b] = sum_g (scale_g * dx[b, g] * idot_g + bias_g * xs[b, g]) over blocks g of
     32 weights, scale_g / bias_g the row's group values (stored dtype: uint16 bf16, int16 f16 or f32)
@@ -545,9 +547,16 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
     converted as they are and multiplied by their block's scale x activation scale (one shuffle of
     the octet's eight), into a 16-lane accumulator summed once per row; each token's arithmetic is
     the same whatever n_rows is.
+
+    With ``carry`` (literal 1) a row can be taken in several calls of consecutive ranges m0..m1-1 of its
+    octets (of ceil(n_blocks / 8)), as lane_dot takes panels: each token's sums carry over in ``acc``
+    (f32, n_rows x Q8_CARRY: the 16 lanes, then the 8 bias sums; read when m0 > 0, written when the row
+    goes on), res written by the call that ends the row. The sums are the same, bitwise, however the
+    row is cut. Without it the call takes the whole row (m0, m1, acc unread).
     """
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
+    _check_array(acc, types.float32, "acc")
     _check_array(supers, types.float32, "supers")
     plain, small = (types.uint16, types.int16, types.float32), (types.uint8, types.int8)
     for a in (scales, biases):
@@ -556,14 +565,16 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
     _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (bits, (4, 6, 8), "bits"), (per, (0, 1, 2, 4), "per"),
-               (offset, (0, 8, 32, 128), "offset")))
+               (offset, (0, 8, 32, 128), "offset"), (carry, (0, 1), "carry")))
     nb, nbits, gper, sdt = n_rows.literal_value, bits.literal_value, per.literal_value, scales.dtype
+    carried = carry.literal_value
     code_offset, bdt, by_super = offset.literal_value, biases.dtype, scales.dtype in small
     if code_offset == 0 and not ((bdt in small) if by_super else bdt == sdt):
         raise TypingError("biases must share the scales' dtype (small integers both, or the same float kind)")
     if (gper == 0) != (nbits == 6) or nbits == 6 and code_offset != 32:
         raise TypingError("6-bit codes (Q6_K) come with 16-weight groups (per=0) and offset 32, and only they")
-    sig = types.none(codes, scales, biases, supers, x, dx, xs, n_blocks, res, n_rows, bits, per, offset)
+    sig = types.none(codes, scales, biases, supers, x, dx, xs, n_blocks, m0, m1, acc, res, n_rows, bits, per, offset,
+                     carry)
 
     def codegen(context, builder, signature, args):
         at = signature.args
@@ -574,8 +585,9 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
         xa = context.make_array(at[4])(context, builder, value=args[4])
         dxa = context.make_array(at[5])(context, builder, value=args[5])
         xsa = context.make_array(at[6])(context, builder, value=args[6])
-        rp = _ptr(context, builder, at[8], args[8])
-        ng = _i64(context, builder, args[7], at[7])
+        ng, start, stop = (_i64(context, builder, args[i], at[i]) for i in (7, 8, 9))
+        ap = _ptr(context, builder, at[10], args[10])
+        rp = _ptr(context, builder, at[11], args[11])
         row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
         row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
@@ -729,14 +741,41 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                 builder.store(acc, lane_accs[b])
 
         full = builder.udiv(ng, c(8))
-        with cgutils.for_range(builder, full) as loop:
-            octet(loop.index, False)
+        last = full  # the whole octets to take, then whether the partial one is
+        partial = builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))
+        if carried:  # the sums so far (the octet loop is the same, from m0)
+            fresh = builder.icmp_signed("==", start, c(0))
+            for b in range(nb):
+                for slot, off, ty in ((lane_accs[b], 24 * b, _VF), (accs[b], 24 * b + 16, _VF8)):
+                    builder.store(builder.select(fresh, ir.Constant(ty, None), _load_vec(builder, ap, c(off), ty, 4)), slot)
+            last = builder.select(builder.icmp_signed("<", stop, full), stop, full)
+            partial = builder.and_(partial, builder.icmp_signed(">", stop, full))
+        if carried:
+            with cgutils.for_range_slice(builder, start, last, c(1)) as (m, _):
+                octet(m, False)
+        else:
+            with cgutils.for_range(builder, full) as loop:
+                octet(loop.index, False)
         if nbits != 6:  # 6-bit rows (K a multiple of 256) have no partial octet
-            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))):
+            with builder.if_then(partial):
                 octet(full, True)
-        for b in range(nb):
-            total = builder.fadd(builder.load(lane_accs[b]), _widen(builder, builder.load(accs[b]), 16))
-            builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
+
+        def finish():
+            for b in range(nb):
+                total = builder.fadd(builder.load(lane_accs[b]), _widen(builder, builder.load(accs[b]), 16))
+                builder.store(_hsum(builder, total), builder.gep(rp, [c(b)]))
+
+        if not carried:
+            finish()
+            return context.get_dummy_value()
+        with builder.if_else(builder.icmp_signed(">=", builder.mul(stop, c(8)), ng)) as (then, otherwise):
+            with then:
+                finish()
+            with otherwise:
+                for b in range(nb):
+                    for slot, off, ty in ((lane_accs[b], 24 * b, _VF), (accs[b], 24 * b + 16, _VF8)):
+                        builder.store(builder.load(slot), builder.bitcast(builder.gep(ap, [c(off)]), ty.as_pointer()),
+                                      align=4)
         return context.get_dummy_value()
 
     return sig, codegen
