@@ -24,7 +24,8 @@ ROWS_PER_TASK = 16
 STEP_CODES = 32 * 1024  # activation codes (all tokens) of a step of a several-token product of long rows, so
 # that they stay in L1 across a task's rows (_lane_rows, _affine_rows; measured on 2560x9728: eight tokens'
 # 78 KB made 4-bit lane rows 2.3x slower and 8-bit rows 3x slower)
-PREFETCH_ROWS = 4  # rows ask for the codes of the row this far ahead (measured: 3-6 best). 8-bit rows
+PREFETCH_BYTES = 8192  # rows ask for the codes this far ahead: 16 rows of 1024 4-bit codes (4 rows, as
+# before, were 16-22% slower from memory on a Zen 5 host reading 89 GB/s, 3-4% at 50 GB/s; 32 KB was worse). 8-bit rows
 # only where simd.prefetch_streams(): they lost 15% by it on an AMD EPYC host whose prefetcher
 # already streamed them, and gain 1.3x on an Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms)
 E4M3_RESCALE = np.float32(2.0 ** 120)
@@ -143,14 +144,21 @@ def _task_table(wqs):
 
 
 @njit(inline="always", **JIT)
+def _ahead(wq):
+    # rows PREFETCH_BYTES of codes ahead of row r (at least one)
+    return max(1, PREFETCH_BYTES // wq.shape[1])
+
+
+@njit(inline="always", **JIT)
 def _affine_step(wq, sc, bi, su, xq, dx, xs, nb, acc, res, out, r0, r1, b0, take, bits, per, offset, m0, m1, n_m,
                  carry, pf):
     # rows r0..r1-1 over octets m0..m1-1 (of n_m) against tokens b0..b0+take-1; pf: ask for the rows
-    # PREFETCH_ROWS ahead
+    # PREFETCH_BYTES ahead
     e = b0 + take
+    ahead = _ahead(wq)
     for r in range(r0, r1):
-        if pf and r + PREFETCH_ROWS < wq.shape[0]:
-            prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+        if pf and r + ahead < wq.shape[0]:
+            prefetch(wq, (r + ahead) * wq.shape[1], wq.shape[1])
         affine_q8_dot(wq[r], sc[r], bi[r], su[r], xq[b0:e], dx[b0:e], xs[b0:e], nb, m0, m1, acc[r - r0], res, take,
                       bits, per, offset, carry)
         if m1 == n_m:
@@ -197,12 +205,13 @@ def from_lanes(lanes, rows, out):
 def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, carry, pf, pairs):
     # rows r0..r1-1 over panels p0..p1 (of n_p) against tokens b0..b0+take-1; with pairs (literal),
     # eight tokens go two rows at a time (simd.lane_pair, four tokens a call), a last odd row alone;
-    # pf: ask for the rows PREFETCH_ROWS ahead
+    # pf: ask for the rows PREFETCH_BYTES ahead
     r = r0
+    ahead = _ahead(wq)
     if pairs and take == 8:
         while r + 1 < r1:
-            if pf and r + 1 + PREFETCH_ROWS < wq.shape[0]:
-                prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], 2 * wq.shape[1])
+            if pf and r + 1 + ahead < wq.shape[0]:
+                prefetch(wq, (r + ahead) * wq.shape[1], 2 * wq.shape[1])
             for h in range(0, take, 4):
                 lane_pair(wq, sc, bi, r, xq, dx, xs, b0 + h, p0, p1, acc, r - r0, 16 * h, res, 4, per, offset, carry)
                 if p1 == n_p:
@@ -211,8 +220,8 @@ def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, off
                         out[b0 + h + b, r + 1] = res[AFFINE_MAX_B + b]
             r += 2
     while r < r1:
-        if pf and r + PREFETCH_ROWS < wq.shape[0]:
-            prefetch(wq, (r + PREFETCH_ROWS) * wq.shape[1], wq.shape[1])
+        if pf and r + ahead < wq.shape[0]:
+            prefetch(wq, (r + ahead) * wq.shape[1], wq.shape[1])
         lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, carry)
         if p1 == n_p:
             for b in range(take):
