@@ -145,7 +145,7 @@ def bench_config(model, threads: int, prompt_tokens: int, gen_tokens: int, repea
     depth_ids = rng.integers(0, vocab, size=ctx_depth)
     ids = rng.integers(0, vocab, size=prompt_tokens)
     cache = model.new_cache(ctx_depth + prompt_tokens + gen_tokens + 1)
-    model.forward(ids[:9], cache)  # warm-up (prompts of more than eight tokens have their own kernels)
+    model.forward(ids[:9], cache)  # warm-up (eight tokens or more have their own kernels)
     model.forward(ids[:1], cache)
     prefill, decode, ttft = [], [], []
     for _ in range(repeats):

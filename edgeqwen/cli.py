@@ -374,7 +374,7 @@ def _warm_up(model, cache=None) -> None:
     if tty:
         click.echo(_dim("preparing kernels (compiled once, then cached)…"), nl=False, err=True)
     cache = cache if cache is not None else model.new_cache(16)
-    n = max(1, min(9, cache.ctx - 3))  # prompts of more than eight tokens have their own kernels
+    n = max(1, min(9, cache.ctx - 3))  # eight tokens or more have their own kernels
     model.forward(list(range(n)), cache)
     model.forward([n, n + 1], cache)  # a few tokens (short prompts, batch decode), then one
     model.forward([n + 2], cache)

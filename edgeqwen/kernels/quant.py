@@ -273,7 +273,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, 
     repacked by to_lanes (scales and biases padded to whole panels), run by simd.lane_dot; xq then
     holds (B, P*512) codes and dx, xs at least P*16 blocks. ``pf8``: 8-bit rows prefetched too
     (simd.prefetch_streams). ``pairs`` (lanes, batched): eight tokens take two rows at a time
-    (simd.lane_pair), for prefill: the same numbers; a separate compile, as the pair code slowed the
+    (simd.lane_pair), for eight tokens or more: the same numbers; a separate compile, as the pair code slowed the
     four-token rows of the kernel it shared (3072x1024 0.038 -> 0.043 ms)."""
 
     order = ORDER_PLAIN if bits == 8 else ORDER_LANES if lanes else ORDER_MLX4  # 6-bit codes: the 4-bit layout
