@@ -211,7 +211,7 @@ class Affine:
             # byte kernels (the nibble kernels take the biases into the dequantized weights)
             half = (b, k // 2) if four else (0, 0)
             xsum = np.empty((0, 0) if four else (b, k // self.group_size), np.float32)
-            bufs = self._prep[b] = (np.empty(half, np.float32), np.empty(half, np.float32), xsum)
+            bufs = self._prep[b] = (aligned_empty(half, np.float32), aligned_empty(half, np.float32), xsum)
         return bufs
 
     def _q8_key(self):
@@ -359,7 +359,7 @@ class MatvecGroup:
                 bufs = self._f4_bufs.get(b)
                 if bufs is None:
                     k2 = self.ws[0].shape[1] // 2
-                    bufs = self._f4_bufs[b] = (np.empty((b, k2), np.float32), np.empty((b, k2), np.float32))
+                    bufs = self._f4_bufs[b] = (aligned_empty((b, k2), np.float32), aligned_empty((b, k2), np.float32))
                 quant.split_even_odd(x, *bufs)
                 quant.affine4_matvec(*self._f4_args, *bufs, outs)
                 return
