@@ -62,6 +62,10 @@ def _load_vec(builder, base, offset, vec_ty, align):
     return builder.load(builder.bitcast(ptr, vec_ty.as_pointer()), align=align)
 
 
+def _store_vec(builder, vec, base, offset, align):
+    builder.store(vec, builder.bitcast(builder.gep(base, [offset]), vec.type.as_pointer()), align=align)
+
+
 def _tree(builder, vec, combine):
     """Reduce a vector to its element 0 by halving: combine(lo_half, hi_half) at each step."""
     width = vec.type.count
@@ -747,16 +751,16 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
                 builder.store(acc, lane_accs[b])
 
         full = builder.udiv(ng, c(8))
-        last = full  # the whole octets to take, then whether the partial one is
         partial = builder.icmp_unsigned("!=", builder.urem(ng, c(8)), c(0))
-        if carried:  # the sums so far (the octet loop is the same, from m0)
+        # each token's carried sums in acc: its 16 lanes, then its 8 bias sums
+        carried_slots = [(slot, c(Q8_CARRY * b + off), ty) for b in range(nb)
+                         for slot, off, ty in ((lane_accs[b], 0, _VF), (accs[b], LANES, _VF8))]
+        if carried:  # the sums so far, then the whole octets m0..min(m1, full) and the partial one if m1 passes full
             fresh = builder.icmp_signed("==", start, c(0))
-            for b in range(nb):
-                for slot, off, ty in ((lane_accs[b], 24 * b, _VF), (accs[b], 24 * b + 16, _VF8)):
-                    builder.store(builder.select(fresh, ir.Constant(ty, None), _load_vec(builder, ap, c(off), ty, 4)), slot)
+            for slot, off, ty in carried_slots:
+                builder.store(builder.select(fresh, ir.Constant(ty, None), _load_vec(builder, ap, off, ty, 4)), slot)
             last = builder.select(builder.icmp_signed("<", stop, full), stop, full)
             partial = builder.and_(partial, builder.icmp_signed(">", stop, full))
-        if carried:
             with cgutils.for_range_slice(builder, start, last, c(1)) as (m, _):
                 octet(m, False)
         else:
@@ -778,10 +782,8 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
             with then:
                 finish()
             with otherwise:
-                for b in range(nb):
-                    for slot, off, ty in ((lane_accs[b], 24 * b, _VF), (accs[b], 24 * b + 16, _VF8)):
-                        builder.store(builder.load(slot), builder.bitcast(builder.gep(ap, [c(off)]), ty.as_pointer()),
-                                      align=4)
+                for slot, off, ty in carried_slots:
+                    _store_vec(builder, builder.load(slot), ap, off, 4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -896,8 +898,7 @@ def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, cod
         with otherwise:
             for j in range(nw):
                 for b in range(nb):
-                    builder.store(builder.load(facc[j][b]),
-                                  builder.bitcast(builder.gep(aps[j], [c(LANES * b)]), _VF.as_pointer()), align=4)
+                    _store_vec(builder, builder.load(facc[j][b]), aps[j], c(LANES * b), 4)
 
 
 @intrinsic
