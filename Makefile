@@ -21,8 +21,9 @@ setup: $(BIN)/edgeqwen
 run: $(BIN)/edgeqwen
 	$(BIN)/edgeqwen chat
 
+# two workers: most of the suite's time is Numba compiling kernels, one core per compile
 test: $(BIN)/edgeqwen
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 tests
 
 # the property-based parser tests with many more examples
 fuzz: $(BIN)/edgeqwen
