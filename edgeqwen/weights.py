@@ -393,7 +393,7 @@ class Fp8Block:
         self.nbytes = wq.nbytes + scale_inv.nbytes
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
-        quant.fp8_matvec(self.wq, self.scale_inv, self.block_n, self.block_k, x, out)
+        quant.fp8_matvec(self.wq, self.scale_inv, self.block_n, self.block_k, x, out, _PREFETCH_STREAMS)
 
     def matmul(self, x: np.ndarray, out: np.ndarray) -> None:
         padded_matmul(lambda xp, op: quant.fp8_matmul(self.wq, self.scale_inv, self.block_n, self.block_k, xp, op),

@@ -53,7 +53,7 @@ def _pairs_impl(w):
 
 
 @njit(inline="always", **JIT)
-def _block(w, x, out, r, n_rows, ahead):
+def dense_block(w, x, out, r, n_rows, ahead):
     # rows r..r+n_rows-1 (n_rows a literal) against every token, up to 4 tokens a call: out[b, r];
     # the first call prefetches ``ahead`` elements on (0: none)
     k = w.shape[1]
@@ -94,10 +94,10 @@ def matvec(w, x, out, four_rows):
         r = t * ROWS_PER_TASK
         r1 = min(n, r + ROWS_PER_TASK)
         while (four_rows or x.shape[0] > 2) and r + 4 <= r1:
-            _block(w, x, out, r, 4, PREFETCH_ROWS * k if r + 4 + PREFETCH_ROWS <= n else 0)
+            dense_block(w, x, out, r, 4, PREFETCH_ROWS * k if r + 4 + PREFETCH_ROWS <= n else 0)
             r += 4
         while r < r1:
-            _block(w, x, out, r, 1, 0)
+            dense_block(w, x, out, r, 1, 0)
             r += 1
 
 
@@ -105,7 +105,7 @@ TILE_ROWS = 32
 
 
 @njit(inline="always", **JIT)
-def _rows_x_tokens(w, r0, rows, x, out, c0, pf_rows):
+def rows_x_tokens(w, r0, rows, x, out, c0, pf_rows):
     # out[t, c0 + i] = w[r0 + i] . x[t] for i < rows, every t (x: (T4, K), T4 % 4 == 0): 4 x 4
     # register blocks (simd.dense_dot), a last 1 x 4 for each row past the blocks. pf_rows > 0: the
     # rows after these (the thread's next task under prange's contiguous split) are asked of the
@@ -136,7 +136,7 @@ def tile_matmul(tile, rows, x, out, r0):
     # tile: (TILE_ROWS, K) f32, first ``rows`` valid; x: (T4, K) f32 with T4 % 4 == 0 (zero-padded
     # by the caller); out[:T4, r0:r0+rows] = x @ tile[:rows].T. Every output is the same
     # simd.dense_dot chain, so a token's numbers do not depend on T or on its place in the batch.
-    _rows_x_tokens(tile, 0, rows, x, out, r0, 0)
+    rows_x_tokens(tile, 0, rows, x, out, r0, 0)
 
 
 @njit(parallel=True, **JIT)
@@ -149,4 +149,4 @@ def matmul(w, x, out):
     for task in prange(n_tasks):
         r0 = task * TILE_ROWS
         r1 = min(n, r0 + TILE_ROWS)
-        _rows_x_tokens(w, r0, r1 - r0, x, out, r0, min(n, r1 + TILE_ROWS) - r1)
+        rows_x_tokens(w, r0, r1 - r0, x, out, r0, min(n, r1 + TILE_ROWS) - r1)

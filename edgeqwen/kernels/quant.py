@@ -6,8 +6,10 @@ Affine (MLX layout): per row, groups of ``gs`` weights share a scale and a bias,
 
 FP8 block (official Qwen3 FP8): e4m3 bytes, ``W = fp8 * scale_inv[row // 128, col // 128]``.
 An e4m3 byte becomes float32 exactly by moving its 7 magnitude bits to the top of a float32
-exponent/mantissa field and multiplying by 2**120 (which also gets the subnormals right); the
-2**120 is folded into the block scale, so the inner loop is shift, bitcast, FMA.
+exponent/mantissa field and multiplying by 2**120 (which also gets the subnormals right). The
+decode and prefill kernels never multiply: per block of rows, the activations are scaled by each
+column block's scale * 2**60 once, the rows are then dense rows of e4m3 / 2**120 (sign extend,
+shift, mask: simd.dense_dot), and the outputs are multiplied by 2**60.
 """
 
 from functools import lru_cache
@@ -15,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from .linear import TILE_ROWS, aligned_x, tile_matmul
+from .linear import TILE_ROWS, aligned_x, dense_block, rows_x_tokens, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
 from .simd import (AFFINE_MAX_B, LANE_PANEL, MAX_B, Q8_CARRY, affine_q8_dot, byte_dot, lane_dot, lane_pair, nibble_dot,
                    prefetch, quant_block)
@@ -29,6 +31,7 @@ PREFETCH_BYTES = 8192  # rows ask for the codes this far ahead: 16 rows of 1024 
 # only where simd.prefetch_streams(): they lost 15% by it on an AMD EPYC host whose prefetcher
 # already streamed them, and gain 1.3x on an Intel Xeon host (int8-g64 lm_head 10.5 -> 8.1 ms)
 E4M3_RESCALE = np.float32(2.0 ** 120)
+E4M3_HALF = np.float32(2.0 ** 60)  # fp8_matvec: half the rescale on the activations, half on the outputs
 
 
 # -- activation preparation (once per matvec, shared by every row) ----------------------------
@@ -495,33 +498,71 @@ def affine_embed(wq, scales, biases, bits, ids, out):
 
 # -- FP8 e4m3, 2-D block scales -----------------------------------------------------------------
 
+@njit(**JIT)
+def _fp8_scaled_x(x, scale_inv, rb, block_k):
+    # x: (B, K) f32 -> (B, K) f32 on 64-byte lines: x * scale_inv[rb, column block] * 2**60
+    n_b, k = x.shape
+    buf = np.empty(n_b * k + 16, np.float32)
+    skip = ((64 - buf.ctypes.data % 64) % 64) // 4  # (as linear.aligned_x)
+    xs = buf[skip:skip + n_b * k].reshape((n_b, k))
+    for c in range(scale_inv.shape[1]):
+        s = to_f32(scale_inv[rb, c]) * E4M3_HALF
+        j0 = c * block_k
+        j1 = min(k, j0 + block_k)
+        for b in range(n_b):
+            src = x[b, j0:j1]
+            dst = xs[b, j0:j1]
+            for j in range(j1 - j0):
+                dst[j] = src[j] * s
+    return xs
+
+
+@njit(**JIT)
+def _rescale(out, r0, r1):
+    for b in range(out.shape[0]):
+        o = out[b, r0:r1]
+        for i in range(r1 - r0):
+            o[i] *= E4M3_HALF
+
+
 @njit(parallel=True, **JIT)
-def fp8_matvec(wq, scale_inv, block_n, block_k, x, out):
+def fp8_matvec(wq, scale_inv, block_n, block_k, x, out, four_rows):
     # wq: (N, K) u8 e4m3; scale_inv: (ceil(N/bn), ceil(K/bk)) stored dtype; x: (B, K) f32; out: (B, N)
+    # One task per block of block_n rows (they share their scales): the activations are scaled once,
+    # column block by column block, by scale * 2**60, so the rows become dense rows of e4m3 / 2**120
+    # (simd.dense_dot's uint8) in linear.matvec's register blocks, and each output is multiplied by
+    # 2**60 (both powers of two: exact). No per-block partial sums to keep: a 4 x 4 block needs 16
+    # accumulators, where simd.byte_dot's per-block sums held 4 tokens of one row in 16.
+    # Rows go four at a time whatever the host (one row is one FMA chain: latency-bound alone);
+    # four_rows (simd.prefetch_streams) adds the prefetch. A sequence's numbers do not depend on its batch.
     n, k = wq.shape
-    x = aligned_x(x, False)  # every FMA loads 16 activations: a load across two lines costs two (1.3-1.45x)
-    n_full = k // block_k  # whole column blocks go through the SIMD dot; a partial last block is scalar
-    n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for t in prange(n_tasks):
-        srow = np.empty(scale_inv.shape[1], np.float32)
-        res = np.empty(MAX_B, np.float32)
-        b0 = 0
-        while b0 < out.shape[0]:  # up to MAX_B tokens a pass: their activations stay in L1
-            take = min(MAX_B, out.shape[0] - b0)
-            for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-                row = wq[r]
-                for c in range(srow.shape[0]):
-                    srow[c] = to_f32(scale_inv[r // block_n, c]) * E4M3_RESCALE
-                _byte_tokens(row, block_k, x, srow, n_full, "e4m3", res, b0, take)
-                for b in range(b0, b0 + take):
-                    acc = res[b - b0]
-                    if n_full < srow.shape[0]:
-                        dot = np.float32(0.0)
-                        for j in range(n_full * block_k, k):
-                            dot += e4m3_unscaled(row[j]) * x[b, j]
-                        acc += srow[n_full] * dot
-                    out[b, r] = acc
-            b0 += take
+    for rb in prange(scale_inv.shape[0]):
+        xs = _fp8_scaled_x(x, scale_inv, rb, block_k)
+        r0 = rb * block_n
+        r1 = min(n, r0 + block_n)
+        r = r0
+        while r + 4 <= r1:
+            dense_block(wq, xs, out, r, 4, PREFETCH_BYTES if four_rows and r + 4 + PREFETCH_BYTES // k < n else 0)
+            r += 4
+        while r < r1:
+            dense_block(wq, xs, out, r, 1, 0)
+            r += 1
+        _rescale(out, r0, r1)
+
+
+@njit(parallel=True, **JIT)
+def fp8_matmul(wq, scale_inv, block_n, block_k, x, out):
+    # wq: (N, K) u8 e4m3; x: (T4, K) f32, T4 % 4 == 0; out: (T4, N) f32. As fp8_matvec, one task per
+    # block of block_n rows, its rows TILE_ROWS at a time against every token (linear.matmul's blocks)
+    n, k = wq.shape
+    for rb in prange(scale_inv.shape[0]):
+        xs = _fp8_scaled_x(x, scale_inv, rb, block_k)
+        r0 = rb * block_n
+        r1 = min(n, r0 + block_n)
+        for r in range(r0, r1, TILE_ROWS):
+            rows = min(r1, r + TILE_ROWS) - r
+            rows_x_tokens(wq, r, rows, xs, out, r, min(n, r + rows + TILE_ROWS) - r - rows)
+        _rescale(out, r0, r1)
 
 
 @njit(**JIT)
@@ -539,15 +580,3 @@ def fp8_rows(wq, scale_inv, block_n, block_k, r0, rows, tile):
             dst = tile[i, j0:j0 + n]
             for j in range(n):
                 dst[j] = s * e4m3_unscaled(src[j])
-
-
-@njit(parallel=True, **JIT)
-def fp8_matmul(wq, scale_inv, block_n, block_k, x, out):
-    n, k = wq.shape
-    n_tasks = (n + TILE_ROWS - 1) // TILE_ROWS
-    for task in prange(n_tasks):
-        r0 = task * TILE_ROWS
-        rows = min(n, r0 + TILE_ROWS) - r0
-        tile = np.empty((TILE_ROWS, k), np.float32)
-        fp8_rows(wq, scale_inv, block_n, block_k, r0, rows, tile)
-        tile_matmul(tile, rows, x, out, r0)

@@ -155,19 +155,23 @@ def _fma_into(builder, part, a, b):
 
 
 MAX_B = 4  # activation rows per call of nibble_dot and byte_dot (accumulators stay in registers)
-BYTE_KINDS = {"u8": 0, "i8": 1, "e4m3": 2}
+BYTE_KINDS = {"u8": 0, "i8": 1}
 
 
 def _decode_bytes(builder, raw, kind):
-    """16 code bytes -> 16 floats: unsigned, signed, or e4m3 / 2**120 (see kernels.quant)."""
+    """Code bytes (a vector or one) -> float32: unsigned, signed, or e4m3 / 2**120 (see kernels.quant)."""
+    vec = isinstance(raw.type, ir.VectorType)
+    f32 = ir.VectorType(_F32, raw.type.count) if vec else _F32
     if kind == "i8":
-        return builder.sitofp(raw, _VF)
+        return builder.sitofp(raw, f32)
     if kind == "u8":
-        return builder.uitofp(raw, _VF)
+        return builder.uitofp(raw, f32)
     # sign-extended and shifted left by 20, the byte's magnitude bits land on 20..26 and copies of its
     # sign on 27..31: one mask keeps bit 31 and 20..26 (three instructions, not six)
-    wide = builder.shl(builder.sext(raw, _VI32), ir.Constant(_VI32, [20] * LANES))
-    return builder.bitcast(builder.and_(wide, ir.Constant(_VI32, [0x87F00000 - (1 << 32)] * LANES)), _VF)
+    i32 = ir.VectorType(_I32, raw.type.count) if vec else _I32
+    const = lambda v: ir.Constant(i32, [v] * raw.type.count if vec else v)  # noqa: E731
+    wide = builder.shl(builder.sext(raw, i32), const(20))
+    return builder.bitcast(builder.and_(wide, const(0x87F00000 - (1 << 32))), f32)
 
 
 @intrinsic
@@ -177,9 +181,8 @@ def byte_dot(typingctx, codes, c_stride, c_off, x, b0, x_stride, scales, n_group
     once for all of them, and per row the operations and their order do not depend on n_rows (a
     sequence's numbers do not depend on its batch).
 
-    ``kind`` (a literal) says what a byte is: "u8", "i8", or "e4m3" (its value / 2**120: the caller
-    folds 2**120 into the scales). group_bytes is a multiple of 16 (32 per step into two
-    accumulators, a last 16 alone into the first).
+    ``kind`` (a literal) says what a byte is: "u8" or "i8". group_bytes is a multiple of 16 (32 per
+    step into two accumulators, a last 16 alone into the first).
     """
     _check_array(codes, types.uint8, "codes")
     _check_array(x, types.float32, "activations", 2)
@@ -307,7 +310,8 @@ DENSE_MAX = 4  # rows and tokens per call of dense_dot (its 4 x 4 accumulators s
 def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_tok, out, o_off, o_stride, ahead):
     """Dots of ``n_rows`` dense rows with ``n_tok`` activation rows (both literals 1..DENSE_MAX):
     out[o_off + b*o_stride + r] = sum_j w[w_off + r*w_stride + j] * x[x_off + b*x_stride + j], j < k.
-    w: float32, bfloat16 bits as uint16 or float16 bits as int16; x, out: float32; C-contiguous,
+    w: float32, bfloat16 bits as uint16, float16 bits as int16 or e4m3 bytes as uint8 (each its value /
+    2**120: the caller scales, see kernels.quant); x, out: float32; C-contiguous,
     offsets and strides in elements of the flat data. Chunks are the host's native vector width
     (PAIR_CHUNK / 2: 16 lanes on AVX-512, 8 on AVX2, 4 on NEON, so the 4 x 4 block's sixteen
     accumulators fit its register file). Each chunk of weights is converted once and
@@ -319,7 +323,7 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
     full PAIR_CHUNK-block of a row as its even then its odd elements. ``ahead`` > 0: each chunk step
     also asks the cache for the lines ``ahead`` elements past the first row's chunk (w_stride == k:
     the rows ``ahead / k`` further on), spread over the loop instead of a burst."""
-    _check_rows(w, (types.float32, types.uint16, types.int16), "w")
+    _check_rows(w, (types.float32, types.uint16, types.int16, types.uint8), "w")
     _check_rows(x, (types.float32,), "x")
     _check_rows(out, (types.float32,), "out")
     _literals(((n_rows, range(1, DENSE_MAX + 1), "n_rows"), (n_tok, range(1, DENSE_MAX + 1), "n_tok")))
@@ -365,7 +369,7 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
             else:
                 xs = [_load_vec(builder, xp, builder.add(xrow[b], j), vf, 4) for b in range(nb)]
                 for r in range(nr):
-                    wv = _stored_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, 2), wdt)
+                    wv = _weight_to_f32(builder, _load_vec(builder, wp, builder.add(wrow[r], j), wvec, esize), wdt)
                     for b in range(nb):
                         _fma_into(builder, accs[r][b], wv, xs[b])
         flat = _hsum_many(builder, [builder.load(a) for ar in accs for a in ar])
@@ -375,7 +379,7 @@ def dense_dot(typingctx, w, w_off, w_stride, n_rows, k, x, x_off, x_stride, n_to
             j = builder.add(start, loop.index)
             xs = [builder.load(builder.gep(xp, [builder.add(xrow[b], j)])) for b in range(nb)]
             for r in range(nr):
-                wj = _stored_to_f32(builder, builder.load(builder.gep(wp, [builder.add(wrow[r], j)])), wdt)
+                wj = _weight_to_f32(builder, builder.load(builder.gep(wp, [builder.add(wrow[r], j)])), wdt)
                 for b in range(nb):
                     builder.store(_call(builder, "llvm.fma.f32", _F32, [wj, xs[b], builder.load(sums[r][b])]),
                                   sums[r][b])
@@ -510,6 +514,11 @@ def _widen(builder, vec, width):
     zero = ir.Constant(vec.type, None)
     return builder.shuffle_vector(vec, zero, ir.Constant(ir.VectorType(_I32, width), list(range(n)) +
                                                          [n] * (width - n)))
+
+
+def _weight_to_f32(builder, v, dtype):
+    """Dense weights (a vector or one) -> float32: as stored (_stored_to_f32), uint8 as e4m3 / 2**120."""
+    return _decode_bytes(builder, v, "e4m3") if dtype == types.uint8 else _stored_to_f32(builder, v, dtype)
 
 
 def _stored_to_f32(builder, v, dtype):
