@@ -133,10 +133,12 @@ class Affine:
         self._prep: dict[int, tuple] = {}  # B -> activation buffers, allocated once per batch size
         self._float = None  # (scales, biases) for the float kernels, made on first use
         self._codes8 = None  # 6-bit codes widened to bytes for the float kernels, made on first use
-        # 4-bit rows with float scales decode (and prefill) from a copy in the lane layout (one
-        # 32-bit lane per block: simd.lane_dot), made with the first int8-activation product
-        self.lanes = (bits == 4 and supers is None and offset in (0, 8) and group_size in (32, 64, 128)
-                      and scales.dtype in (np.uint16, np.int16, np.float32))
+        # 4-bit rows with float scales, or Q4_K's small-integer ones, decode (and prefill) from a copy
+        # in the lane layout (one 32-bit lane per block: simd.lane_dot), made with the first
+        # int8-activation product
+        floats = supers is None and scales.dtype in (np.uint16, np.int16, np.float32) and group_size in (32, 64, 128)
+        self.lanes = bits == 4 and offset in (0, 8) and (floats or (supers is not None and group_size == 32
+                                                                     and scales.dtype == np.uint8))
         self._lane_args = None
         # int8 activations come in blocks of 32, and the MLX-layout 4-bit kernel takes two blocks at a
         # time (the lane layout any number); 6-bit codes are Q6_K's (16-weight groups, offset 32:
@@ -241,7 +243,7 @@ class Affine:
         supers = np.empty((self.shape[0], 0), np.float32)
         if self.lanes:
             if self._lane_args is None:
-                self._lane_args = self._to_lanes() + (supers,)
+                self._lane_args = self._to_lanes()
                 # the MLX-layout codes are read again only by the float kernels and embedding rows:
                 # a file's pages leave this process, a copy (GGUF rewritten at load) is freed
                 if not release_pages(self._wq):
@@ -252,18 +254,21 @@ class Affine:
         return self.wq, self.scales, self.scales if self.biases is None else self.biases, supers
 
     def _to_lanes(self):
-        """(codes, scales, biases) in the lane layout: (N, P*256) codes, P panels of 16 blocks of 32;
-        scales and biases zero-padded to whole panels (anonymous memory: the K/2 code bytes per row
-        copied once; the scales too when K is not a whole number of panels)."""
+        """(codes, scales, biases, supers) in the lane layout: (N, P*256) codes, P panels of 16 blocks
+        of 32; scales, biases and supers (Q4_K; else (N, 0), unread) zero-padded to whole panels
+        (anonymous memory: the K/2 code bytes per row copied once; the others too when K is not a
+        whole number of panels)."""
         n, k = self.shape
         panels = -(-k // (32 * quant.LANE_PANEL))
         codes = aligned_empty((n, panels * 256), np.uint8)
         quant.to_lanes(self.wq, codes)
         g = panels * quant.LANE_PANEL * 32 // self.group_size
+        supers = np.empty((n, 0), np.float32) if self.supers is None else self.supers
         padded = []
-        for a in (self.scales, self.scales if self.biases is None else self.biases):
-            if a.shape[1] < g:
-                a, stored = np.zeros((n, g), a.dtype), a
+        for a, width in ((self.scales, g), (self.scales if self.biases is None else self.biases, g),
+                         (supers, 4 * panels if supers.shape[1] else 0)):
+            if a.shape[1] < width:
+                a, stored = np.zeros((n, width), a.dtype), a
                 a[:, :stored.shape[1]] = stored
             padded.append(a)
         return (codes, *padded)

@@ -33,12 +33,14 @@ def random_blocks(kind, n, k):
     qt = getattr(gguf.GGMLQuantizationType, kind)
     if kind in ("Q8_0", "Q4_0", "Q4_1"):
         raw = gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qt)
-    else:  # no quantizer in gguf-py for the K-quants: random blocks with sane f16 scales
+    else:  # no quantizer in gguf-py for the K-quants: random blocks with sane f16 scales, each
+        # super-block's own (so that a kernel applying the wrong one's fails)
         size = {"Q4_K": 144, "Q6_K": 210}[kind]
         raw = rng.integers(0, 256, size=(n, k // 256 * size), dtype=np.uint8)
         for b in range(k // 256):
             for o in ((0, 2) if kind == "Q4_K" else (208,)):
-                raw[:, b * size + o:b * size + o + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+                d = rng.uniform(0.005, 0.02, size=n).astype(np.float16)
+                raw[:, b * size + o:b * size + o + 2] = d.view(np.uint8).reshape(n, 2)
     return gguf_matrix(raw, kind, (n, k)), gguf.quants.dequantize(raw, qt).astype(np.float64)
 
 

@@ -205,7 +205,8 @@ def from_lanes(lanes, rows, out):
 
 
 @njit(inline="always", **JIT)
-def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, carry, pf, pairs):
+def _lane_step(wq, sc, bi, su, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, carry, pf,
+               pairs):
     # rows r0..r1-1 over panels p0..p1 (of n_p) against tokens b0..b0+take-1; with pairs (literal),
     # eight tokens go two rows at a time (simd.lane_pair, four tokens a call), a last odd row alone;
     # pf: ask for the rows PREFETCH_BYTES ahead
@@ -216,7 +217,8 @@ def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, off
             if pf and r + 1 + ahead < wq.shape[0]:
                 prefetch(wq, (r + ahead) * wq.shape[1], 2 * wq.shape[1])
             for h in range(0, take, 4):
-                lane_pair(wq, sc, bi, r, xq, dx, xs, b0 + h, p0, p1, acc, r - r0, 16 * h, res, 4, per, offset, carry)
+                lane_pair(wq, sc, bi, su, r, xq, dx, xs, b0 + h, p0, p1, acc, r - r0, 16 * h, res, 4, per, offset,
+                          carry)
                 if p1 == n_p:
                     for b in range(4):
                         out[b0 + h + b, r] = res[b]
@@ -225,7 +227,7 @@ def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, off
     while r < r1:
         if pf and r + ahead < wq.shape[0]:
             prefetch(wq, (r + ahead) * wq.shape[1], wq.shape[1])
-        lane_dot(wq[r], sc[r], bi[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, carry)
+        lane_dot(wq[r], sc[r], bi[r], su[r], xq, dx, xs, b0, p0, p1, acc[r - r0], res, take, per, offset, carry)
         if p1 == n_p:
             for b in range(take):
                 out[b0 + b, r] = res[b]
@@ -234,20 +236,20 @@ def _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, off
 
 @njit(inline="always", **JIT)
 def _lane_rows(wq, sc, bi, su, xq, dx, xs, n_p, acc, res, out, r0, r1, b0, take, bits, per, offset, pf8, pairs):
-    # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; su, bits, pf8 unread: same
+    # _affine_rows for 4-bit rows in the lane layout (simd.lane_dot; bits, pf8 unread: same
     # arguments, so one kernel body serves both). When the tokens' codes of a row pass
     # STEP_CODES, the rows go in even steps of panels, each token's float sums carried in acc
     # (rows, >= AFFINE_MAX_B * 16), so that a step's codes stay in L1 across the task's rows (8 tokens
     # x 9728 codes = 78 KB did not); shorter rows go whole (steps cost 5-25% where they fit)
     steps = -(-n_p * 512 * take // STEP_CODES)  # steps of at most STEP_CODES / take codes, even
     if take <= 2 or steps == 1:  # (take <= 2: one step up to K = 16384, and no carrying code compiled)
-        _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, 0, n_p, n_p, 0, b0 == 0,
+        _lane_step(wq, sc, bi, su, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, 0, n_p, n_p, 0, b0 == 0,
                    pairs)
         return
     step = -(-n_p // steps)
     for p0 in range(0, n_p, step):
         p1 = min(n_p, p0 + step)
-        _lane_step(wq, sc, bi, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, 1,
+        _lane_step(wq, sc, bi, su, xq, dx, xs, acc, res, out, r0, r1, b0, take, per, offset, p0, p1, n_p, 1,
                    b0 == 0 and p0 == 0, pairs)
 
 
@@ -273,7 +275,7 @@ def affine_matvec_q8(bits, per, offset=0, batched=False, lanes=False, pf8=True, 
     the group-scale loads and code unpacking are constants of the generated code. ``batched=False``
     is the one-token kernel (B = 1 only); the batched one (any B, 8/4/2/1 tokens per code decode) is
     a separate compile, made only when several sequences decode together. ``lanes``: 4-bit rows
-    repacked by to_lanes (scales and biases padded to whole panels), run by simd.lane_dot; xq then
+    repacked by to_lanes (scales, biases and supers padded to whole panels), run by simd.lane_dot; xq then
     holds (B, P*512) codes and dx, xs at least P*16 blocks. ``pf8``: 8-bit rows prefetched too
     (simd.prefetch_streams). ``pairs`` (lanes, batched): eight tokens take two rows at a time
     (simd.lane_pair), for eight tokens or more: the same numbers; a separate compile, as the pair code slowed the

@@ -801,21 +801,25 @@ def affine_q8_dot(typingctx, codes, scales, biases, supers, x, dx, xs, n_blocks,
 LANE_PANEL = 16  # blocks of 32 weights per panel of the lane layout (one 32-bit lane each)
 
 
-def _lane_checks(scales, biases, x, dx, xs, ndim):
-    plain = (types.uint16, types.int16, types.float32)
+def _lane_checks(scales, biases, supers, x, dx, xs, ndim):
+    allowed = (types.uint16, types.int16, types.float32, types.uint8)
     for a in (scales, biases):
-        if not (isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and a.dtype in plain):
-            raise TypingError(f"scales, biases must be C-contiguous {ndim}-D arrays of {plain}, got {a}")
+        if not (isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and a.dtype in allowed):
+            raise TypingError(f"scales, biases must be C-contiguous {ndim}-D arrays of {allowed}, got {a}")
+    if (scales.dtype == types.uint8) != (biases.dtype == types.uint8):
+        raise TypingError("scales and biases are both small integers (uint8, with supers) or neither")
+    _check_array(supers, types.float32, "supers", ndim)
     for a, dt in ((x, types.int8), (dx, types.float32), (xs, types.float32)):
         _check_array(a, dt, "activations", 2)
 
 
 def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, code_offset, carried, sdt, bdt):
-    """The body of lane_dot and lane_pair: rows is a list of one or two (codes, scales, biases, acc,
-    res) pointers (acc at the row's first carried token)."""
+    """The body of lane_dot and lane_pair: rows is a list of one or two (codes, scales, biases, supers,
+    acc, res) pointers (acc at the row's first carried token)."""
     nw = len(rows)
     c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-    cps, sps, bps, aps, rps = (list(t) for t in zip(*rows))
+    cps, sps, bps, ups, aps, rps = (list(t) for t in zip(*rows))
+    by_super = sdt == types.uint8
     row_x = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
     row_d = cgutils.unpack_tuple(builder, dxa.shape, 2)[1]
     row_s = cgutils.unpack_tuple(builder, xsa.shape, 2)[1]
@@ -835,6 +839,7 @@ def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, cod
         cps = [builder.gep(p_, [builder.mul(start, c(256))]) for p_ in cps]
         sps = [builder.gep(p_, [builder.mul(start, c(n_g))]) for p_ in sps]
         bps = [builder.gep(p_, [builder.mul(start, c(n_g))]) for p_ in bps]
+        ups = [builder.gep(p_, [builder.mul(start, c(4))]) for p_ in ups]
         x_data = builder.gep(x_data, [builder.mul(start, c(512))])
         dx_data = builder.gep(dx_data, [builder.mul(start, c(LANE_PANEL))])
         xs_data = builder.gep(xs_data, [builder.mul(start, c(LANE_PANEL))])
@@ -845,6 +850,16 @@ def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, cod
         v = _stored_to_f32(builder, _load_vec(builder, ptr, builder.mul(p, c(n_g)),
                                               ir.VectorType(ptr.type.pointee, n_g), 1), dtype)
         return v if gper == 1 else builder.shuffle_vector(v, v, spread)
+
+    def super_vec(j, p, k):
+        # small-integer scales (k=0) or mins (k=1) of row j's panel p: times their super-block's factor
+        # (supers: per 256 weights the scale factor then the bias factor), lanes 0-7 the first
+        # super-block's, 8-15 the second's; biases are minus the product
+        halves = [_splat(builder, builder.load(builder.gep(ups[j], [builder.add(builder.mul(p, c(4)), c(2 * h + k))])),
+                      _VF) for h in range(2)]
+        f = builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI32x16, list(range(8)) + list(range(24, 32))))
+        v = builder.fmul(group_vec(sps[j] if k == 0 else bps[j], p, types.uint8), f)
+        return v if k == 0 else builder.fneg(v)
 
     def unit(j, p, s):  # the low and high nibbles of 64-byte unit s of row j's panel p
         raw = _load_vec(builder, cps[j], builder.add(builder.mul(p, c(256)), c(64 * s)), _VI8x64, 1)
@@ -866,6 +881,9 @@ def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, cod
         p = loop.index
         scb = []
         for j in range(nw):
+            if by_super:
+                scb.append((super_vec(j, p, 0), super_vec(j, p, 1)))
+                continue
             sc = group_vec(sps[j], p, sdt)
             if code_offset:
                 bi = builder.fmul(sc, _splat(builder, ir.Constant(_F32, -float(code_offset)), _VF))
@@ -911,7 +929,7 @@ def _lane_codegen(builder, rows, xa, dxa, xsa, first, start, stop, nb, gper, cod
 
 
 @intrinsic
-def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry):
+def lane_dot(typingctx, codes, scales, biases, supers, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry):
     """Dots of one 4-bit row in the lane layout with the ``n_rows`` (literal 1..8) int8-quantized
     activation rows from b0 on: res[b] = sum over blocks j of 32 weights (scale_j * dx[b0 + b, j] *
     idot_j + bias_j * xs[b0 + b, j]), over panels p0..p1-1 of a row of P = x.shape[1] / 512.
@@ -931,21 +949,24 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, 
     the 64 of the high ones); dx, xs per block (zero for padding blocks). Scales and biases (stored
     dtype: uint16 bf16, int16 f16 or f32) hold one value per group of ``per`` (literal 1, 2, 4)
     blocks, padded to whole panels; ``offset`` (literal 0 or 8): when 8 every bias is -8 x its scale
-    and biases are not read (Q4_0). Each token's arithmetic is the same whatever n_rows is, and the
-    same in lane_pair."""
+    and biases are not read (Q4_0). Scales and biases of dtype uint8 (Q4_K, ``per`` 1) are small
+    integers times the row's ``supers`` (f32, per 256 weights a scale then a bias factor, padded to
+    whole panels): scale = supers[2m] * scales[j], bias = -supers[2m + 1] * biases[j]; supers is
+    not read otherwise. Each token's arithmetic is the same whatever n_rows is, and the same in
+    lane_pair."""
     _check_array(codes, types.uint8, "codes")
     _check_array(res, types.float32, "res")
     _check_array(acc, types.float32, "acc")
-    _lane_checks(scales, biases, x, dx, xs, 1)
+    _lane_checks(scales, biases, supers, x, dx, xs, 1)
     _literals(((n_rows, range(1, AFFINE_MAX_B + 1), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset"),
                (carry, (0, 1), "carry")))
-    sig = types.none(codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry)
+    sig = types.none(codes, scales, biases, supers, x, dx, xs, b0, p0, p1, acc, res, n_rows, per, offset, carry)
 
     def codegen(context, builder, signature, args):
         at = signature.args
-        ptrs = [_ptr(context, builder, at[i], args[i]) for i in (0, 1, 2, 9, 10)]
-        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (3, 4, 5)]
-        first, start, stop = (_i64(context, builder, args[i], at[i]) for i in (6, 7, 8))
+        ptrs = [_ptr(context, builder, at[i], args[i]) for i in (0, 1, 2, 3, 10, 11)]
+        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (4, 5, 6)]
+        first, start, stop = (_i64(context, builder, args[i], at[i]) for i in (7, 8, 9))
         _lane_codegen(builder, [ptrs], *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
                       offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
         return context.get_dummy_value()
@@ -954,29 +975,29 @@ def lane_dot(typingctx, codes, scales, biases, x, dx, xs, b0, p0, p1, acc, res, 
 
 
 @intrinsic
-def lane_pair(typingctx, codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows, per,
-              offset, carry):
+def lane_pair(typingctx, codes, scales, biases, supers, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows,
+              per, offset, carry):
     """lane_dot for the two rows r, r + 1 at once, against ``n_rows`` (literal 1..4) tokens from b0:
-    res[j * H + b] for row r + j, H = len(res) // 2. codes (N, P*256) u8, scales and biases (N, G) and
-    acc (R, >= 16 n_rows) are whole C-contiguous 2-D arrays (carried sums of row r + j at
+    res[j * H + b] for row r + j, H = len(res) // 2. codes (N, P*256) u8, scales and biases (N, G),
+    supers (N, S) and acc (R, >= 16 n_rows) are whole C-contiguous 2-D arrays (carried sums of row r + j at
     acc[a_row + j, a_col + 16 b]). Every activation load serves both rows (a panel's eight 64-byte loads per
     token feed 16 vpdpbusd instead of 8: several tokens are otherwise bound by the loads); each
     token's arithmetic is lane_dot's."""
     _check_array(codes, types.uint8, "codes", 2)
     _check_array(res, types.float32, "res")
     _check_array(acc, types.float32, "acc", 2)
-    _lane_checks(scales, biases, x, dx, xs, 2)
+    _lane_checks(scales, biases, supers, x, dx, xs, 2)
     _literals(((n_rows, range(1, 5), "n_rows"), (per, (1, 2, 4), "per"), (offset, (0, 8), "offset"),
                (carry, (0, 1), "carry")))
-    sig = types.none(codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows, per, offset,
-                     carry)
+    sig = types.none(codes, scales, biases, supers, r, x, dx, xs, b0, p0, p1, acc, a_row, a_col, res, n_rows, per,
+                     offset, carry)
 
     def codegen(context, builder, signature, args):
         at = signature.args
-        arrs = [context.make_array(at[i])(context, builder, value=args[i]) for i in (0, 1, 2, 10, 13)]
-        strides = [cgutils.unpack_tuple(builder, a.shape, 2)[1] for a in arrs[:4]]
-        strides.append(builder.udiv(cgutils.unpack_tuple(builder, arrs[4].shape, 1)[0], ir.Constant(_I64, 2)))
-        row, first, start, stop, a_r, a_c = (_i64(context, builder, args[i], at[i]) for i in (3, 7, 8, 9, 11, 12))
+        arrs = [context.make_array(at[i])(context, builder, value=args[i]) for i in (0, 1, 2, 3, 11, 14)]
+        strides = [cgutils.unpack_tuple(builder, a.shape, 2)[1] for a in arrs[:5]]
+        strides.append(builder.udiv(cgutils.unpack_tuple(builder, arrs[5].shape, 1)[0], ir.Constant(_I64, 2)))
+        row, first, start, stop, a_r, a_c = (_i64(context, builder, args[i], at[i]) for i in (4, 8, 9, 10, 12, 13))
 
         def at_row(i, line, extra=None):
             off = builder.mul(line, strides[i])
@@ -985,9 +1006,9 @@ def lane_pair(typingctx, codes, scales, biases, r, x, dx, xs, b0, p0, p1, acc, a
         rows = []
         for j in range(2):
             rj = builder.add(row, ir.Constant(_I64, j))
-            rows.append((at_row(0, rj), at_row(1, rj), at_row(2, rj), at_row(3, builder.add(a_r, ir.Constant(_I64, j)), a_c),
-                         at_row(4, ir.Constant(_I64, j))))
-        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (4, 5, 6)]
+            rows.append((at_row(0, rj), at_row(1, rj), at_row(2, rj), at_row(3, rj),
+                         at_row(4, builder.add(a_r, ir.Constant(_I64, j)), a_c), at_row(5, ir.Constant(_I64, j))))
+        arrays = [context.make_array(at[i])(context, builder, value=args[i]) for i in (5, 6, 7)]
         _lane_codegen(builder, rows, *arrays, first, start, stop, n_rows.literal_value, per.literal_value,
                       offset.literal_value, carry.literal_value, scales.dtype, biases.dtype)
         return context.get_dummy_value()
