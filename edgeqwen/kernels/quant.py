@@ -533,10 +533,10 @@ def fp8_matvec(wq, scale_inv, block_n, block_k, x, out, four_rows):
     # One task per block of block_n rows (they share their scales): the activations are scaled once,
     # column block by column block, by scale * 2**60, so the rows become dense rows of e4m3 / 2**120
     # (simd.dense_dot's uint8) in linear.matvec's register blocks, and each output is multiplied by
-    # 2**60 (both powers of two: exact). No per-block partial sums to keep: a 4 x 4 block needs 16
-    # accumulators, where simd.byte_dot's per-block sums held 4 tokens of one row in 16.
-    # Rows go four at a time whatever the host (one row is one FMA chain: latency-bound alone);
-    # four_rows (simd.prefetch_streams) adds the prefetch. A sequence's numbers do not depend on its batch.
+    # 2**60 (both powers of two: exact). Each (row, token) is one FMA chain over the whole row, no
+    # per-block partial sums, so 4 rows x 4 tokens fit the registers. Rows go four at a time
+    # whatever the host (one row alone is one chain: latency-bound); four_rows
+    # (simd.prefetch_streams) adds the prefetch. A sequence's numbers do not depend on its batch.
     n, k = wq.shape
     for rb in prange(scale_inv.shape[0]):
         xs = _fp8_scaled_x(x, scale_inv, rb, block_k)
