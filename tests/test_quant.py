@@ -275,7 +275,7 @@ def test_exact_dots_switch():
 
 
 @pytest.mark.parametrize("n,k,scale_dtype", [(1, 16, np.float32), (130, 200, np.float32), (257, 129, np.float32)])
-@pytest.mark.parametrize("t", [1, 3, 9])
+@pytest.mark.parametrize("t", [1, 3, 9, 37])  # 37: prefill goes in chunks of quant.FP8_TOKENS (32)
 def test_fp8_kernels(n, k, scale_dtype, t):
     table = np.load(GQ / "e4m3_table.npy")
     codes = rng.integers(0, 256, size=(n, k)).astype(np.uint8)
