@@ -136,9 +136,10 @@ class Affine:
         # 4-bit rows with float scales, or Q4_K's small-integer ones, decode (and prefill) from a copy
         # in the lane layout (one 32-bit lane per block: simd.lane_dot), made with the first
         # int8-activation product
-        floats = supers is None and scales.dtype in (np.uint16, np.int16, np.float32) and group_size in (32, 64, 128)
-        self.lanes = bits == 4 and offset in (0, 8) and (floats or (supers is not None and group_size == 32
-                                                                     and scales.dtype == np.uint8))
+        float_scales = (supers is None and scales.dtype in (np.uint16, np.int16, np.float32)
+                        and group_size in (32, 64, 128))
+        q4_k = supers is not None and scales.dtype == np.uint8 and group_size == 32
+        self.lanes = bits == 4 and offset in (0, 8) and (float_scales or q4_k)
         self._lane_args = None
         # int8 activations come in blocks of 32, and the MLX-layout 4-bit kernel takes two blocks at a
         # time (the lane layout any number); 6-bit codes are Q6_K's (16-weight groups, offset 32:
@@ -240,7 +241,6 @@ class Affine:
 
     def _q8_args(self):
         """(wq, scales, biases, supers) as the int8-activation kernel takes them (unread ones stand in)."""
-        supers = np.empty((self.shape[0], 0), np.float32)
         if self.lanes:
             if self._lane_args is None:
                 self._lane_args = self._to_lanes()
@@ -249,8 +249,7 @@ class Affine:
                 if not release_pages(self._wq):
                     self._wq = None
             return self._lane_args
-        if self.supers is not None:
-            supers = self.supers
+        supers = np.empty((self.shape[0], 0), np.float32) if self.supers is None else self.supers
         return self.wq, self.scales, self.scales if self.biases is None else self.biases, supers
 
     def _to_lanes(self):

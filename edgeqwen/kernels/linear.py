@@ -22,16 +22,22 @@ PREFETCH_ROWS = 4  # blocks of four rows ask for the next four as they go (measu
 
 
 @njit(**JIT)
+def aligned_rows(n_b, k):
+    # an uninitialised (n_b, k) f32 array starting on a 64-byte line (so do its rows when K % 16 == 0:
+    # a vector load across two lines costs two)
+    buf = np.empty(n_b * k + 16, np.float32)
+    skip = ((64 - buf.ctypes.data % 64) % 64) // 4
+    return buf[skip:skip + n_b * k].reshape((n_b, k))
+
+
+@njit(**JIT)
 def aligned_x(x, pairs):
-    # x: (B, K) f32 -> a copy starting on a 64-byte line (so do its rows when K % 16 == 0: a vector
-    # load across two lines costs two); pairs: in simd.dense_dot's bf16 order, each full
+    # x: (B, K) f32 -> a copy in aligned_rows; pairs: in simd.dense_dot's bf16 order, each full
     # PAIR_CHUNK-block of a row as its even then its odd elements, the K % PAIR_CHUNK tail as it is
     n_b, k = x.shape
     h = PAIR_CHUNK // 2
     full = k - k % PAIR_CHUNK if pairs else 0
-    buf = np.empty(n_b * k + 16, np.float32)
-    skip = ((64 - buf.ctypes.data % 64) % 64) // 4
-    out = buf[skip:skip + n_b * k].reshape((n_b, k))
+    out = aligned_rows(n_b, k)
     for b in range(n_b):
         for j0 in range(0, full, PAIR_CHUNK):
             for i in range(h):

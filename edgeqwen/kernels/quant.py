@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from .linear import TILE_ROWS, aligned_x, dense_block, rows_x_tokens, tile_matmul
+from .linear import TILE_ROWS, aligned_rows, aligned_x, dense_block, rows_x_tokens, tile_matmul
 from .numeric import JIT, e4m3_unscaled, nib_hi, nib_lo, segment_of, to_f32, u8_to_f32
 from .simd import (AFFINE_MAX_B, LANE_PANEL, MAX_B, Q8_CARRY, affine_q8_dot, byte_dot, lane_dot, lane_pair, nibble_dot,
                    prefetch, quant_block)
@@ -421,17 +421,17 @@ def affine4_matmul(wq, scales, biases, x, out):
 
 
 @njit(inline="always", **JIT)
-def _byte_tokens(row, gb, x, srow, n_groups, kind, res, b0, take):
-    # simd.byte_dot of one row (groups of gb bytes, contiguous) with tokens b0..b0+take-1 (take <=
-    # MAX_B) into res; each code chunk is decoded once for all of them
+def _byte_tokens(row, gb, x, srow, n_groups, res, b0, take):
+    # simd.byte_dot of one row of unsigned bytes (groups of gb, contiguous) with tokens
+    # b0..b0+take-1 (take <= MAX_B) into res; each code chunk is decoded once for all of them
     if take == 4:
-        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 4)
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, "u8", res, 4)
     elif take == 3:
-        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 3)
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, "u8", res, 3)
     elif take == 2:
-        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 2)
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, "u8", res, 2)
     else:
-        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, kind, res, 1)
+        byte_dot(row, gb, 0, x, b0, gb, srow, n_groups, gb, "u8", res, 1)
 
 
 # -- affine int8 --------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def _byte_tokens(row, gb, x, srow, n_groups, kind, res, b0, take):
 def affine8_matvec(wq, scales, biases, x, xsum, out):
     # wq: (N, K) u8; scales, biases: (N, G); x: (B, K) f32; xsum: (B, G) f32; out: (B, N) f32
     n, k = wq.shape
-    x = aligned_x(x, False)  # (as fp8_matvec)
+    x = aligned_x(x, False)  # every FMA of byte_dot loads 16 activations: across two lines, two loads
     n_groups = scales.shape[1]
     gs = k // n_groups
     n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK
@@ -452,7 +452,7 @@ def affine8_matvec(wq, scales, biases, x, xsum, out):
             take = min(MAX_B, out.shape[0] - b0)
             for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
                 _scales_f32(scales[r], srow)
-                _byte_tokens(wq[r], gs, x, srow, n_groups, "u8", res, b0, take)
+                _byte_tokens(wq[r], gs, x, srow, n_groups, res, b0, take)
                 for b in range(b0, b0 + take):
                     out[b, r] = res[b - b0] + _bias_term(biases[r], xsum[b])
             b0 += take
@@ -504,9 +504,7 @@ def affine_embed(wq, scales, biases, bits, ids, out):
 def _fp8_scaled_x(x, scale_inv, rb, block_k):
     # x: (B, K) f32 -> (B, K) f32 on 64-byte lines: x * scale_inv[rb, column block] * 2**60
     n_b, k = x.shape
-    buf = np.empty(n_b * k + 16, np.float32)
-    skip = ((64 - buf.ctypes.data % 64) % 64) // 4  # (as linear.aligned_x)
-    xs = buf[skip:skip + n_b * k].reshape((n_b, k))
+    xs = aligned_rows(n_b, k)
     for c in range(scale_inv.shape[1]):
         s = to_f32(scale_inv[rb, c]) * E4M3_HALF
         j0 = c * block_k
